@@ -1,0 +1,145 @@
+"""Converting a model: replace eligible ``nn.Conv2d`` modules by ``HasteConv2d`` wrappers, and back."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .levels import MAX_HYPERPLANES, resolve_table
+from .lsh import FAMILIES
+from .module import HasteConv2d
+
+
+@dataclass
+class Conversion:
+    """What ``convert`` did: converted layer names, skipped layers with the reason, the options."""
+
+    replaced: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+
+def skip_reason(conv: nn.Conv2d, index: int, *, start_layer: int, include_pointwise: bool) -> str | None:
+    """Why ``conv`` (the index-th Conv2d of its model) is left dense, or None if it is converted."""
+    if index < start_layer:
+        return f"before start_layer={start_layer} (conv #{index}{', the first conv' if index == 0 else ''})"
+    if conv.groups != 1:
+        kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
+        return f"{kind} conv (groups={conv.groups}): merging channels across groups breaks the grouping"
+    if tuple(conv.dilation) != (1, 1):
+        return f"dilated conv (dilation={tuple(conv.dilation)}): tile regions assume dilation 1"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r}: only zero padding is supported"
+    if tuple(conv.kernel_size) == (1, 1) and not include_pointwise:
+        return "1x1 conv (overhead relatively high; pass include_pointwise=True to convert it)"
+    return None
+
+
+def convert(
+    model: nn.Module,
+    *,
+    patch_size: int = 4,
+    sparsity: float = 2 / 3,
+    hash: str = "ternary",
+    seed: int = 0,
+    start_layer: int = 1,
+    include_pointwise: bool = False,
+    max_hyperplanes: int = MAX_HYPERPLANES,
+    levels: Mapping[str, object] | None = None,
+) -> nn.Module:
+    """Replace the eligible convs of ``model`` in place by HASTE wrappers and return ``model``.
+
+    Args:
+        patch_size: tile side P, in output pixels.
+        sparsity: ternary hyperplanes: probability of a 0 entry (the paper: 2/3 CIFAR, 1/2 ImageNet).
+        hash: "ternary" (additions only) or "gaussian" (SimHash).
+        seed: hyperplanes of the i-th conv are sampled from ``seed * 1_000_003 + i``.
+        start_layer: index (in module order, from 0) of the first Conv2d that may be converted;
+            the default 1 leaves the first conv dense.
+        include_pointwise: also convert 1x1 convs.
+        max_hyperplanes: hyperplanes sampled per layer (the largest usable L).
+        levels: level table overriding ``haste.LEVELS``: name -> int, or name -> {layer: int,
+            "default": int} for a per-layer schedule.
+
+    Grouped/depthwise, dilated and non-zero-padded convs stay dense; ``model.haste_conversion``
+    records what was replaced and what was skipped and why. Converting a converted model is a no-op.
+    Raises ValueError if no conv is eligible.
+    """
+    if hash not in FAMILIES:
+        raise ValueError(f"hash must be one of {', '.join(FAMILIES)}; got {hash!r}")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1); got {sparsity!r}")
+    if not 1 <= max_hyperplanes <= 62:
+        raise ValueError(f"max_hyperplanes must be from 1 to 62; got {max_hyperplanes!r}")
+    if any(isinstance(m, HasteConv2d) for m in model.modules()):
+        return model
+    if isinstance(model, nn.Conv2d):
+        raise ValueError("convert() replaces convs inside a model; wrap a single conv with haste.HasteConv2d(conv)")
+    record = Conversion(
+        options=dict(
+            patch_size=patch_size,
+            sparsity=sparsity,
+            hash=hash,
+            seed=seed,
+            start_layer=start_layer,
+            include_pointwise=include_pointwise,
+            max_hyperplanes=max_hyperplanes,
+        )
+    )
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    chosen = []
+    for index, (name, conv) in enumerate(convs):
+        reason = skip_reason(conv, index, start_layer=start_layer, include_pointwise=include_pointwise)
+        if reason:
+            record.skipped[name] = reason
+        else:
+            chosen.append((index, name, conv))
+    if not chosen:
+        raise ValueError(f"no convolution of this model can be converted: {_summary(record.skipped)}")
+    tables = {name: resolve_table(levels, name) for _, name, _ in chosen}
+    for index, name, conv in chosen:
+        wrapper = HasteConv2d(
+            conv,
+            name=name,
+            patch_size=patch_size,
+            hash=hash,
+            sparsity=sparsity,
+            seed=seed * 1_000_003 + index,
+            max_hyperplanes=max_hyperplanes,
+            levels=tables[name],
+        )
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, wrapper)
+        record.replaced.append(name)
+    model.haste_conversion = record
+    return model
+
+
+def _summary(skipped: dict[str, str]) -> str:
+    """'3 depthwise conv, 1 before start_layer=1, ...': skip reasons counted by kind."""
+    if not skipped:
+        return "the model has no nn.Conv2d"
+    kinds = Counter(reason.split(" (")[0].split(":")[0] for reason in skipped.values())
+    first = {}
+    for reason in skipped.values():
+        first.setdefault(reason.split(" (")[0].split(":")[0], reason)
+    return "; ".join(f"{count} x {first[kind]}" for kind, count in kinds.most_common())
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Put every original conv back in place of its HASTE wrapper (bit-exact) and return ``model``."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, HasteConv2d):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, module.conv)
+    if "haste_conversion" in model.__dict__:
+        del model.haste_conversion
+    return model
+
+
+def conversion(model: nn.Module) -> Conversion | None:
+    """What ``convert`` recorded for ``model`` (None if it is not converted)."""
+    return model.__dict__.get("haste_conversion")

@@ -1,0 +1,88 @@
+"""FLOPs accounting. All counts are multiply-adds (MACs), torchvision's GFLOPS convention: one
+multiply-add is one FLOP; an addition, comparison or subtraction of the hashing and merging overhead
+is also counted as one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .levels import compression
+from .tiles import Geometry
+
+
+def conv_flops(module: nn.Conv2d, output: torch.Tensor) -> int:
+    """Dense multiply-adds per image of ``module`` that produced ``output`` (N, C_out, H, W)."""
+    kh, kw = module.kernel_size
+    per_out = module.in_channels // module.groups * kh * kw
+    return output[0].numel() * per_out
+
+
+def linear_flops(module: nn.Linear, output: torch.Tensor) -> int:
+    """Dense multiply-adds per image of ``module`` that produced ``output`` (N, ..., out_features)."""
+    return output[0].numel() * module.in_features
+
+
+def haste_flops(
+    geo: Geometry, groups: torch.Tensor, *, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image (dense, executed, overhead) multiply-adds of one HASTE conv.
+
+    Args:
+        geo: the tiling.
+        groups: (N * tiles,) buckets per tile.
+        used_planes_nnz: non-zero entries in the hyperplanes used (ternary: additions per channel).
+        hyperplanes: L.
+
+    Overhead per tile: projection (C * nnz), centring the projections (2 * C * L: mean over channels
+    and subtraction), sorting the codes (C * ceil(log2 C)), input merge (C * region pixels) and
+    filter merge (C_out * (C - G) * k^2). Only the valid output pixels of edge tiles are counted for
+    the dense and merged convolutions.
+    """
+    kk = geo.kernel[0] * geo.kernel[1]
+    valid = geo.valid_pixels(groups.device).to(torch.float64)  # T
+    g = groups.reshape(-1, geo.count).to(torch.float64)  # N, T
+    dense = torch.full((g.shape[0],), float(c_out * c_in * kk) * float(valid.sum()), dtype=torch.float64)
+    executed = c_out * kk * (g * valid).sum(dim=1)
+    region = geo.region[0] * geo.region[1]
+    per_tile = (
+        c_in * used_planes_nnz + 2 * c_in * hyperplanes + c_in * math.ceil(math.log2(max(c_in, 2))) + c_in * region
+    )
+    overhead = geo.count * per_tile + c_out * kk * (c_in - g).sum(dim=1)
+    return dense.to(groups.device), executed, overhead
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Dense multiply-adds per image of the Conv2d and Linear layers of ``model`` for an input of
+    ``input_shape`` ((C, H, W) or (N, C, H, W)). HASTE layers are counted dense."""
+    shape = tuple(input_shape)
+    if len(shape) == 3:
+        shape = (1, *shape)
+    if len(shape) != 4:
+        raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W); got {input_shape!r}")
+    total = 0
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += conv_flops(module, output)
+        elif isinstance(module, nn.Linear):
+            total += linear_flops(module, output)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
+    training = model.training
+    model.eval()  # BatchNorm statistics must not move
+    try:
+        with torch.no_grad(), compression("off"):
+            model(torch.zeros(1, *shape[1:], device=device, dtype=dtype))
+    finally:
+        model.train(training)
+        for h in handles:
+            h.remove()
+    return total

@@ -1,0 +1,115 @@
+"""Run-time compression levels.
+
+A level names a number of LSH hyperplanes L: fewer hyperplanes give fewer buckets, more merging, fewer
+FLOPs and a larger accuracy cost. ``off`` runs the original convolution bit-exactly.
+
+The level is held in a :mod:`contextvars` variable, never on the model, so two threads (or two asyncio
+tasks) running the same model object at different levels each get their own result::
+
+    with haste.compression("high"):
+        y = model(x)
+    with haste.compression(hyperplanes=12):
+        y = model(x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+#: Largest number of hyperplanes any layer samples; a level uses the first L of them.
+MAX_HYPERPLANES = 24
+
+#: Data-free default levels: name -> number of hyperplanes (0 = dense). Reference models carry
+#: calibrated per-layer tables in their model card, which take precedence (see haste.zoo).
+LEVELS: Mapping[str, int] = MappingProxyType({"off": 0, "low": 14, "medium": 10, "high": 7})
+
+#: Level used by converted layers when no ``compression`` context is active.
+DEFAULT_LEVEL = "medium"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the current context asks for: a level name, or an explicit hyperplane count."""
+
+    level: str | None = None
+    hyperplanes: int | None = None
+
+    def describe(self) -> str:
+        return self.level if self.level is not None else f"hyperplanes={self.hyperplanes}"
+
+
+_current: contextvars.ContextVar[Setting] = contextvars.ContextVar(
+    "haste_compression", default=Setting(level=DEFAULT_LEVEL)
+)
+
+
+def check_level(level: str) -> str:
+    """Return ``level`` if it names a level, else raise ValueError saying what is accepted."""
+    if not isinstance(level, str) or level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}; got {level!r}")
+    return level
+
+
+def check_hyperplanes(hyperplanes: int, maximum: int = MAX_HYPERPLANES) -> int:
+    """Return ``hyperplanes`` if it is an int in 1..maximum, else raise ValueError."""
+    if isinstance(hyperplanes, bool) or not isinstance(hyperplanes, int) or not 1 <= hyperplanes <= maximum:
+        raise ValueError(
+            f"hyperplanes must be an integer from 1 to {maximum} (use level 'off' for the dense conv); "
+            f"got {hyperplanes!r}"
+        )
+    return hyperplanes
+
+
+def setting_for(level: str | None = None, *, hyperplanes: int | None = None) -> Setting:
+    """Validate a level name or a hyperplane count (exactly one) and return the Setting."""
+    if (level is None) == (hyperplanes is None):
+        raise ValueError("give exactly one of level (off, low, medium, high) or hyperplanes=N")
+    if level is not None:
+        return Setting(level=check_level(level))
+    return Setting(hyperplanes=check_hyperplanes(hyperplanes))
+
+
+@contextlib.contextmanager
+def compression(level: str | None = None, *, hyperplanes: int | None = None) -> Iterator[Setting]:
+    """Run the forward passes inside the block at ``level`` or with ``hyperplanes`` hyperplanes.
+
+    Args:
+        level: one of ``haste.LEVELS`` (off, low, medium, high).
+        hyperplanes: an explicit number of hyperplanes (1..MAX_HYPERPLANES) for every converted layer.
+
+    The setting is local to the current thread / asyncio task (a contextvar).
+    """
+    setting = setting_for(level, hyperplanes=hyperplanes)
+    token = _current.set(setting)
+    try:
+        yield setting
+    finally:
+        _current.reset(token)
+
+
+def current() -> Setting:
+    """The Setting active in this context."""
+    return _current.get()
+
+
+def resolve_table(levels: Mapping[str, object] | None, layer: str) -> dict[str, int]:
+    """Resolve a level table for one layer.
+
+    ``levels`` maps level names to either an int (every layer) or a mapping layer name -> int with an
+    optional ``"default"`` entry (a per-layer schedule). Missing names fall back to ``LEVELS``.
+    """
+    table = dict(LEVELS)
+    for name, value in (levels or {}).items():
+        check_level(name)
+        if isinstance(value, Mapping):
+            value = value.get(layer, value.get("default", LEVELS[name]))
+        if name == "off":
+            if value != 0:
+                raise ValueError("level 'off' always means 0 hyperplanes (the dense conv)")
+            continue
+        table[name] = check_hyperplanes(int(value))
+    return table

@@ -1,0 +1,118 @@
+"""HasteConv2d: a drop-in wrapper around a pre-trained ``nn.Conv2d`` (kept unchanged as ``.conv``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import levels as _levels
+from .flops import haste_flops
+from .functional import conv_padding, haste_conv2d
+from .lsh import sample_hyperplanes
+from .profile import active
+
+
+class HasteConv2d(nn.Module):
+    """Runs the wrapped conv with HASTE channel merging at the level of the current context.
+
+    Args:
+        conv: the pre-trained conv (groups=1, dilation=1, zero padding).
+        name: the layer's qualified name in its model (reports, per-layer schedules).
+        patch_size: tile side P in output pixels.
+        hash: hyperplane family, "ternary" or "gaussian".
+        sparsity: probability of a zero entry of a ternary hyperplane.
+        seed: seed of this layer's hyperplanes.
+        max_hyperplanes: rows sampled; a level uses the first L.
+        levels: this layer's table level name -> hyperplanes (see ``levels.resolve_table``).
+    """
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        *,
+        name: str = "",
+        patch_size: int = 4,
+        hash: str = "ternary",
+        sparsity: float = 2 / 3,
+        seed: int = 0,
+        max_hyperplanes: int = _levels.MAX_HYPERPLANES,
+        levels: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive integer; got {patch_size!r}")
+        self.conv = conv
+        self.name = name
+        self.patch_size = patch_size
+        self.hash = hash
+        self.sparsity = sparsity
+        self.seed = seed
+        self.max_hyperplanes = max_hyperplanes
+        self.levels = dict(levels) if levels is not None else _levels.resolve_table(None, name)
+        self.padding = conv_padding(conv)
+        region = tuple((patch_size - 1) * s + k for s, k in zip(conv.stride, conv.kernel_size))
+        planes = sample_hyperplanes(max_hyperplanes, region[0] * region[1], family=hash, sparsity=sparsity, seed=seed)
+        self.register_buffer("planes", planes.to(conv.weight.device, conv.weight.dtype), persistent=False)
+        # Additions per channel for the first L planes (projection cost), precomputed per L.
+        self._nnz = [0, *torch.count_nonzero(planes, dim=1).cumsum(0).tolist()]
+
+    def extra_repr(self) -> str:
+        return f"patch_size={self.patch_size}, hash={self.hash}, sparsity={self.sparsity:.3g}, levels={self.levels}"
+
+    def hyperplanes(self, setting: _levels.Setting | None = None) -> int:
+        """Hyperplanes this layer uses for ``setting`` (default: the current context's); 0 = dense."""
+        setting = setting or _levels.current()
+        if setting.hyperplanes is not None:
+            return _levels.check_hyperplanes(setting.hyperplanes, self.max_hyperplanes)
+        return self.levels[setting.level]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hyperplanes = self.hyperplanes()
+        collector = active()
+        if hyperplanes == 0:
+            y = self.conv(x)
+            if collector is not None:
+                kh, kw = self.conv.kernel_size
+                per = torch.full(
+                    (y.shape[0],), float(y[0].numel() * self.conv.in_channels * kh * kw), dtype=torch.float64
+                )
+                collector.add(self.name, "haste", per, per, torch.zeros_like(per), channels=self.conv.in_channels)
+            return y
+        if x.dim() != 4:
+            raise ValueError(
+                f"{self.name or 'HasteConv2d'} expects a 4D input (N, C, H, W); got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.conv.in_channels:
+            raise ValueError(
+                f"{self.name or 'HasteConv2d'} expects {self.conv.in_channels} input channels; got {x.shape[1]}"
+            )
+        result = haste_conv2d(
+            x,
+            self.conv.weight,
+            self.conv.bias,
+            stride=self.conv.stride,
+            padding=self.padding,
+            patch=self.patch_size,
+            planes=self.planes[:hyperplanes],
+        )
+        if collector is not None:
+            dense, executed, overhead = haste_flops(
+                result.geometry,
+                result.groups,
+                c_in=self.conv.in_channels,
+                c_out=self.conv.out_channels,
+                used_planes_nnz=self._nnz[hyperplanes],
+                hyperplanes=hyperplanes,
+            )
+            buckets = result.groups.reshape(x.shape[0], -1).to(torch.float64).mean(1)
+            collector.add(
+                self.name,
+                "haste",
+                dense,
+                executed,
+                overhead,
+                hyperplanes=hyperplanes,
+                buckets=buckets,
+                channels=self.conv.in_channels,
+            )
+        return result.output

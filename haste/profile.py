@@ -1,0 +1,189 @@
+"""Per-forward, per-image FLOPs accounting of a (converted) model.
+
+    with haste.profile(model) as report:
+        with haste.compression("high"):
+            model(x)
+    report.saving  # fraction of dense multiply-adds saved, overhead included
+
+Counts are multiply-adds (torchvision's GFLOPS convention). Dense = every Conv2d and Linear run dense;
+executed = merged convolutions of HASTE layers plus the dense cost of every other Conv2d/Linear;
+overhead = centring, hashing, sorting, input and filter merging. The collector lives in a contextvar,
+so profiling in one thread does not count another thread's forwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .flops import conv_flops, linear_flops
+
+
+@dataclass
+class LayerStats:
+    """Totals over all images seen by one layer, in multiply-adds."""
+
+    kind: str  # "haste" or "dense"
+    images: int = 0
+    dense: float = 0.0
+    executed: float = 0.0
+    overhead: float = 0.0
+    hyperplanes: int = 0
+    buckets: float = 0.0  # sum over images of mean buckets per tile
+    channels: int = 0
+
+    @property
+    def dense_flops(self) -> float:
+        return self.dense / max(self.images, 1)
+
+    @property
+    def executed_flops(self) -> float:
+        return self.executed / max(self.images, 1)
+
+    @property
+    def overhead_flops(self) -> float:
+        return self.overhead / max(self.images, 1)
+
+    @property
+    def saving(self) -> float:
+        """Fraction of this layer's dense multiply-adds saved, overhead included."""
+        return 1.0 - (self.executed + self.overhead) / self.dense if self.dense else 0.0
+
+    @property
+    def mean_buckets(self) -> float:
+        """Mean number of buckets per tile (HASTE layers; the channel count for dense ones)."""
+        return self.buckets / max(self.images, 1)
+
+
+@dataclass
+class Report:
+    """FLOPs of the forwards run inside ``profile``. Scalars are means per image."""
+
+    images: int = 0
+    forwards: int = 0
+    layers: dict[str, LayerStats] = field(default_factory=dict)
+    #: one row per image seen: (dense, executed, overhead) multiply-adds.
+    per_image: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def _mean(self, col: int) -> float:
+        return sum(row[col] for row in self.per_image) / len(self.per_image) if self.per_image else 0.0
+
+    @property
+    def dense_flops(self) -> float:
+        return self._mean(0)
+
+    @property
+    def executed_flops(self) -> float:
+        return self._mean(1)
+
+    @property
+    def overhead_flops(self) -> float:
+        return self._mean(2)
+
+    @property
+    def saved_flops(self) -> float:
+        return self.dense_flops - self.executed_flops - self.overhead_flops
+
+    @property
+    def saving(self) -> float:
+        """Fraction of dense multiply-adds saved, overhead included (0 at level off)."""
+        return self.saved_flops / self.dense_flops if self.dense_flops else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "images": self.images,
+            "flops_dense": self.dense_flops,
+            "flops_executed": self.executed_flops,
+            "flops_overhead": self.overhead_flops,
+            "saving": self.saving,
+            "layers": {
+                name: {
+                    "kind": s.kind,
+                    "flops_dense": s.dense_flops,
+                    "flops_executed": s.executed_flops,
+                    "flops_overhead": s.overhead_flops,
+                    "saving": s.saving,
+                    "hyperplanes": s.hyperplanes,
+                    "mean_buckets": s.mean_buckets,
+                    "channels": s.channels,
+                }
+                for name, s in self.layers.items()
+            },
+        }
+
+
+class _Collector:
+    def __init__(self, model: nn.Module, report: Report) -> None:
+        self.model = model
+        self.report = report
+        self.pending: torch.Tensor | None = None  # (N, 3) of the forward in progress
+        from .module import HasteConv2d
+
+        inner = {id(m.conv) for m in model.modules() if isinstance(m, HasteConv2d)}
+        self.names = {
+            id(m): name
+            for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in inner
+        }
+        self.haste = {id(m) for m in model.modules() if isinstance(m, HasteConv2d)}
+
+    def add(self, name: str, kind: str, dense, executed, overhead, *, hyperplanes=0, buckets=None, channels=0):
+        """Record per-image tensors (N,) of one layer call."""
+        rows = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in (dense, executed, overhead)], 1)
+        stats = self.report.layers.setdefault(name, LayerStats(kind=kind))
+        stats.images += rows.shape[0]
+        stats.dense += float(rows[:, 0].sum())
+        stats.executed += float(rows[:, 1].sum())
+        stats.overhead += float(rows[:, 2].sum())
+        stats.hyperplanes = hyperplanes
+        stats.channels = channels
+        stats.buckets += float(buckets.sum()) if buckets is not None else channels * rows.shape[0]
+        self.pending = rows if self.pending is None or self.pending.shape != rows.shape else self.pending + rows
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self.report.per_image.extend(tuple(map(float, row)) for row in self.pending)
+            self.report.images += self.pending.shape[0]
+            self.report.forwards += 1
+        self.pending = None
+
+    def hook(self, module: nn.Module, args: tuple, output) -> None:
+        if _collector.get() is not self:
+            return
+        key = id(module)
+        if key in self.names and key not in self.haste and isinstance(output, torch.Tensor):
+            n = output.shape[0]
+            flops = conv_flops(module, output) if isinstance(module, nn.Conv2d) else linear_flops(module, output)
+            per = torch.full((n,), float(flops), dtype=torch.float64)
+            self.add(self.names[key], "dense", per, per, torch.zeros(n, dtype=torch.float64))
+        if module is self.model:
+            self.flush()
+
+
+_collector: contextvars.ContextVar[_Collector | None] = contextvars.ContextVar("haste_profile", default=None)
+
+
+def active() -> _Collector | None:
+    """The collector of the innermost ``profile`` of this context, if any."""
+    return _collector.get()
+
+
+@contextlib.contextmanager
+def profile(model: nn.Module) -> Iterator[Report]:
+    """Collect per-image dense / executed / overhead multiply-adds of the forwards of ``model`` run in
+    this context (thread or task) inside the block. Yields a Report filled as forwards run."""
+    report = Report()
+    collector = _Collector(model, report)
+    token = _collector.set(collector)
+    handle = nn.modules.module.register_module_forward_hook(collector.hook)
+    try:
+        yield report
+    finally:
+        handle.remove()
+        _collector.reset(token)
+        collector.flush()

@@ -1,0 +1,81 @@
+"""FLOPs accounting: torchvision's published counts and the profile identity."""
+
+import pytest
+import torch
+import torchvision
+
+import haste
+
+
+@pytest.mark.parametrize(("arch", "gflops"), [("resnet18", 1.814), ("resnet34", 3.664), ("resnet50", 4.089)])
+def test_dense_counts_match_torchvision(arch, gflops):
+    model = getattr(torchvision.models, arch)()
+    counted = haste.count_flops(model, (3, 224, 224)) / 1e9
+    assert counted == pytest.approx(gflops, rel=0.005)
+    # the number torchvision publishes with its weights
+    published = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.meta["_ops"]
+    assert counted == pytest.approx(published, rel=0.005)
+    haste.convert(model)
+    assert haste.count_flops(model, (1, 3, 224, 224)) / 1e9 == pytest.approx(counted)
+
+
+def test_count_flops_leaves_batchnorm_statistics_alone():
+    model = torchvision.models.resnet18().train()
+    before = model.bn1.running_mean.clone()
+    haste.count_flops(model, (3, 64, 64))
+    assert torch.equal(model.bn1.running_mean, before) and model.training
+    with pytest.raises(ValueError, match="input_shape"):
+        haste.count_flops(model, (64, 64))
+
+
+def test_profile_off_saves_nothing_and_levels_add_up():
+    model = haste.convert(torchvision.models.resnet18(num_classes=10).eval())
+    x = torch.randn(3, 3, 56, 40)
+    dense = haste.count_flops(model, (3, 56, 40))
+    with torch.no_grad():
+        with haste.profile(model) as off, haste.compression("off"):
+            model(x)
+        assert off.images == 3 and off.forwards == 1
+        assert off.dense_flops == pytest.approx(dense)
+        assert off.executed_flops == pytest.approx(dense)
+        assert off.overhead_flops == 0 and off.saving == 0
+        savings = []
+        for level in ("low", "medium", "high"):
+            with haste.profile(model) as r, haste.compression(level):
+                model(x)
+            assert r.dense_flops == pytest.approx(dense)
+            assert r.executed_flops + r.overhead_flops + r.saved_flops == pytest.approx(r.dense_flops)
+            assert 0 < r.executed_flops < dense and r.overhead_flops > 0
+            assert len(r.per_image) == 3
+            layer = r.layers["layer1.0.conv1"]
+            assert layer.kind == "haste" and 1 <= layer.mean_buckets <= 64
+            assert r.layers["conv1"].kind == "dense" and r.layers["fc"].kind == "dense"
+            assert sum(s.dense_flops for s in r.layers.values()) == pytest.approx(dense)
+            savings.append(r.saving)
+        assert savings[0] < savings[1] < savings[2]
+
+
+def test_profile_counts_per_image():
+    """Different images get different executed counts; per-image rows sum to the totals."""
+    model = haste.convert(torchvision.models.resnet18(num_classes=10).eval())
+    x = torch.cat([torch.zeros(1, 3, 32, 32), torch.randn(1, 3, 32, 32)])
+    with torch.no_grad(), haste.profile(model) as r, haste.compression("medium"):
+        model(x)
+        model(x[:1])
+    assert r.forwards == 2 and r.images == 3
+    constant, noisy, again = r.per_image
+    assert constant[1] < noisy[1]  # a constant image merges far more
+    assert constant == again
+
+
+def test_profile_ignores_other_threads():
+    import threading
+
+    model = haste.convert(torchvision.models.resnet18(num_classes=10).eval())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad(), haste.profile(model) as r:
+        t = threading.Thread(target=lambda: model(torch.randn(4, 3, 32, 32)))
+        t.start()
+        t.join()
+        model(x)
+    assert r.images == 1
