@@ -62,7 +62,9 @@ def convert(
         include_pointwise: also convert 1x1 convs.
         max_hyperplanes: hyperplanes sampled per layer (the largest usable L).
         levels: level table overriding ``haste.LEVELS``: name -> int, or name -> {layer: int,
-            "default": int} for a per-layer schedule.
+            "default": int} for a per-layer schedule. By default, a model loaded with
+            ``haste.zoo.load`` uses the calibrated table of its card when the other options equal
+            the ones it was calibrated with, and ``haste.LEVELS`` otherwise.
 
     Grouped/depthwise, dilated and non-zero-padded convs stay dense; ``model.haste_conversion``
     records what was replaced and what was skipped and why. Converting a converted model is a no-op.
@@ -99,6 +101,8 @@ def convert(
             chosen.append((index, name, conv))
     if not chosen:
         raise ValueError(f"no convolution of this model can be converted: {_summary(record.skipped)}")
+    if levels is None:
+        levels = card_levels(model, record.options)
     tables = {name: resolve_table(levels, name) for _, name, _ in chosen}
     for index, name, conv in chosen:
         wrapper = HasteConv2d(
@@ -116,6 +120,16 @@ def convert(
         record.replaced.append(name)
     model.haste_conversion = record
     return model
+
+
+def card_levels(model: nn.Module, options: dict) -> Mapping[str, object] | None:
+    """The calibrated level table of the model card carried by ``model`` (``model.haste_card``,
+    set by ``haste.zoo.load``), if it was calibrated with these conversion options; else None."""
+    card = getattr(model, "haste_card", None) or {}
+    calibrated = card.get("haste") or {}
+    if calibrated.get("levels") and all(calibrated.get("options", {}).get(k) == v for k, v in options.items()):
+        return calibrated["levels"]
+    return None
 
 
 def _summary(skipped: dict[str, str]) -> str:
