@@ -1,29 +1,27 @@
-"""The ``haste`` command: train, evaluate, sweep, calibrate, bench, serve."""
+"""The ``haste`` command. Each subcommand lives in the module that does the work and registers itself
+with ``add_command(subparsers)``: train (haste.train), evaluate (haste.evaluate), sweep and calibrate
+(haste.sweep), bench (haste.bench), serve (service.cli)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-
-def _train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .train import train
-
-    for name in args.model:
-        train(name, out_dir=Path(args.out) if args.out else None, data_dir=args.data_dir)
-    return 0
+COMMAND_MODULES = ("haste.train", "haste.evaluate", "haste.sweep", "haste.bench", "service.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="haste", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train reference models (fixed recipe and seed)")
-    p.add_argument("--model", nargs="+", required=True, help="reference model names (haste.zoo.names())")
-    p.add_argument("--out", help="output directory (default: the package's zoo/weights)")
-    p.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files")
-    p.set_defaults(func=_train)
+    parser = argparse.ArgumentParser(prog="haste", description="HASTE: data-free channel merging for CNNs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if not (name == exc.name or name.startswith(f"{exc.name}.")):  # a dependency is missing: say so
+                raise
+            continue
+        module.add_command(sub)
     return parser
 
 
@@ -31,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
         print(f"haste {args.command}: error: {exc}", file=sys.stderr)
         return 2

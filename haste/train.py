@@ -82,7 +82,7 @@ def train(name: str, *, out_dir: Path | None = None, data_dir: str | None = None
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += float(loss.detach())
         acc = accuracy(model, tx, test_y)
         log(f"{name} epoch {epoch + 1}/{recipe.epochs} loss {total / steps_per_epoch:.4f} "
             f"test acc {acc:.4f} ({time.time() - start:.0f}s)")  # fmt: skip
@@ -122,3 +122,18 @@ def train(name: str, *, out_dir: Path | None = None, data_dir: str | None = None
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     log(f"wrote {weights_path} and {card_path}: test accuracy {card['test_accuracy']:.4f}")
     return card
+
+
+def add_command(sub) -> None:
+    """Register ``haste train``."""
+    p = sub.add_parser("train", help="train reference models with their fixed recipe and seed")
+    p.add_argument("--model", nargs="+", required=True, help="reference model names (haste.zoo.names())")
+    p.add_argument("--out", help="output directory (default: the package's zoo/weights)")
+    p.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    for name in args.model:
+        train(name, out_dir=Path(args.out) if args.out else None, data_dir=args.data_dir)
+    return 0
