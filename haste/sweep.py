@@ -1,0 +1,301 @@
+"""``haste sweep``: accuracy and FLOPs saving over a grid of HASTE settings, several hyperplane seeds.
+
+    haste sweep --model fmnist-resnet34 --hyperplanes 4 6 8 10 12 --seeds 0 1 2 --out results/sweep-r34
+
+Grid axes: hyperplanes, patch size, sparsity, hash family, start layer, include_pointwise and per-layer
+schedules (``--schedule "layer1=+2,layer4=-1"``: hyperplane offsets for the layers whose names match,
+relative to the row's hyperplanes; a plain number sets the value). Each point converts a fresh copy of
+the dense model with one seed; dense predictions are computed once. Writes ``<out>.json`` (every run and
+the summary), ``<out>.csv`` (summary: mean and std over seeds) and ``<out>.png`` (accuracy vs saving).
+The JSON is rewritten after every run, and runs already in it are skipped: an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+import math
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import zoo
+from .convert import convert
+from .evaluate import (
+    CONVERT_DEFAULTS,
+    Data,
+    add_data_arguments,
+    boolean,
+    command_line,
+    dense_copy,
+    load_data,
+    predict,
+    summarise,
+)
+from .levels import MAX_HYPERPLANES
+from .lsh import FAMILIES
+
+#: Grid axes besides hyperplanes and seed; a run is identified by these, the seed and the hyperplanes.
+AXES = ("patch_size", "sparsity", "hash", "start_layer", "include_pointwise", "schedule")
+
+
+def parse_schedule(text: str) -> dict[str, str]:
+    """``"layer1=+2,layer4=-1"`` -> {"layer1": "+2", "layer4": "-1"}; "" -> {} (uniform)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not value.strip().lstrip("+-").isdigit():
+            raise ValueError(f"schedule entries are pattern=+N, pattern=-N or pattern=N; got {part!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
+
+
+def schedule_table(
+    conv_names: list[str], hyperplanes: int, schedule: str, maximum: int = MAX_HYPERPLANES
+) -> int | dict[str, int]:
+    """The hyperplanes of a level for a schedule: ``hyperplanes`` if uniform, else {"default": ...,
+    layer: ...} with every matching layer's offset applied (the last matching entry wins), clamped to
+    1..maximum."""
+    entries = parse_schedule(schedule)
+    if not entries:
+        return hyperplanes
+    table: dict[str, int] = {"default": hyperplanes}
+    for name in conv_names:
+        for pattern, value in entries.items():
+            if _matches(name, pattern):
+                n = hyperplanes + int(value) if value[0] in "+-" else int(value)
+                table[name] = min(max(n, 1), maximum)
+    return table
+
+
+def conv_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def run_point(
+    dense: nn.Module,
+    data: Data,
+    dense_preds: torch.Tensor,
+    *,
+    hyperplanes: int,
+    seed: int,
+    schedule: str = "",
+    batch_size: int = 250,
+    **options,
+) -> dict:
+    """Convert a copy of ``dense`` with ``options`` and ``seed``, run it at ``hyperplanes`` (with the
+    per-layer ``schedule``) on ``data``: one row of the sweep."""
+    table = schedule_table(conv_names(dense), hyperplanes, schedule)
+    model = convert(dense_copy(dense), **options, seed=seed, levels={"high": table})
+    preds, labels, report = predict(model, data, level="high", batch_size=batch_size)
+    row = {**options, "schedule": schedule, "seed": seed, "hyperplanes": hyperplanes}
+    row.update(summarise(dense_preds, preds, labels, report, layers=False))
+    row["layers"] = {
+        name: {"saving": s.saving, "hyperplanes": s.hyperplanes, "mean_buckets": s.mean_buckets, "channels": s.channels}
+        for name, s in report.layers.items()
+        if s.kind == "haste"
+    }
+    return row
+
+
+def _key(row: dict) -> tuple:
+    return (*(row.get(a) for a in AXES), row["seed"], row["hyperplanes"])
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and (sample) std over seeds of accuracy, drop, agreement and FLOPs, per grid point."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(*(row.get(a) for a in AXES), row["hyperplanes"])].append(row)
+    out = []
+    for key, group in groups.items():
+        entry = dict(zip((*AXES, "hyperplanes"), key))
+        entry["seeds"] = len(group)
+        for field in ("accuracy", "drop_points", "agreement", "saving", "flops_executed", "flops_overhead"):
+            values = [r[field] for r in group]
+            entry[f"{field}_mean"] = statistics.fmean(values)
+            entry[f"{field}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        entry["saving_without_overhead_mean"] = statistics.fmean(r["saving_without_overhead"] for r in group)
+        out.append(entry)
+    return sorted(out, key=lambda e: (tuple(str(e[a]) for a in AXES), e["hyperplanes"]))
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    import csv
+
+    fields = list(rows[0]) if rows else []
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def varying_axes(summary: list[dict]) -> tuple[str, ...]:
+    """The grid axes (besides hyperplanes) that take more than one value."""
+    return tuple(a for a in AXES if len({str(e.get(a)) for e in summary}) > 1)
+
+
+def sweep(
+    model_name: str,
+    *,
+    hyperplanes: list[int],
+    seeds: list[int] = (0, 1, 2),
+    patch_size: list[int] = (4,),
+    sparsity: list[float] = (2 / 3,),
+    hash: list[str] = ("ternary",),
+    start_layer: list[int] = (1,),
+    include_pointwise: list[bool] = (False,),
+    schedule: list[str] = ("",),
+    out: str | Path | None = None,
+    dataset: str | None = None,
+    split: str = "calibration",
+    data_dir: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 250,
+    command: str = "",
+    log=print,
+) -> dict:
+    """Run the grid (product of the axes) for every seed; returns {model, data, dense_accuracy, rows,
+    summary}, written to ``out``.json/.csv/.png if given (resuming runs already in ``out``.json)."""
+    dense = zoo.load(model_name)
+    card = dense.haste_card
+    data = load_data(card, dataset=dataset, split=split, data_dir=data_dir, limit=limit)
+    dense_preds, labels, dense_report = predict(dense, data, level="off", batch_size=batch_size)
+    result = {
+        "model": card.get("name", model_name),
+        "dataset": data.name,
+        "split": data.split,
+        "images": data.size,
+        "dense_accuracy": float((dense_preds == labels).double().mean()),
+        "flops_dense": dense_report.dense_flops,
+        "command": command,
+        "rows": [],
+    }
+    base = Path(out) if out else None
+    done = {}
+    if base and base.with_suffix(".json").is_file():
+        previous = json.loads(base.with_suffix(".json").read_text())
+        if all(previous.get(k) == result[k] for k in ("model", "dataset", "split", "images")):
+            done = {_key(r): r for r in previous["rows"]}
+    grid = list(itertools.product(patch_size, sparsity, hash, start_layer, include_pointwise, schedule))
+    total = len(grid) * len(seeds) * len(hyperplanes)
+    for i, (point, seed, planes) in enumerate(itertools.product(grid, seeds, hyperplanes)):
+        options = dict(zip(AXES, point))
+        key = (*point, seed, planes)
+        if key in done:
+            result["rows"].append(done.pop(key))
+            continue
+        start = time.time()
+        row = run_point(dense, data, dense_preds, hyperplanes=planes, seed=seed, batch_size=batch_size, **options)
+        row["seconds"] = round(time.time() - start, 1)
+        result["rows"].append(row)
+        log(
+            f"[{i + 1}/{total}] {_describe(options)} seed={seed} L={planes}: accuracy {100 * row['accuracy']:.2f}% "
+            f"(drop {row['drop_points']:.2f}) saving {100 * row['saving']:.2f}% ({row['seconds']:.0f}s)"
+        )
+        if base:
+            write(result, base)
+    result["rows"].extend(done.values())  # runs of a larger earlier grid are kept
+    if base:
+        write(result, base, plot=True)
+    else:
+        result["summary"] = summarize(result["rows"])
+    return result
+
+
+def _describe(options: dict) -> str:
+    return " ".join(f"{k}={_short(v)}" for k, v in options.items() if not (k == "schedule" and not v))
+
+
+def _short(v):
+    return f"{v:.3g}" if isinstance(v, float) else v
+
+
+def write(result: dict, base: Path, *, plot: bool = False) -> None:
+    """Write ``base``.json (rows and summary) and ``base``.csv; with ``plot``, ``base``.png."""
+    from .plots import tradeoff
+
+    result["summary"] = summarize(result["rows"])
+    base.parent.mkdir(parents=True, exist_ok=True)
+    tmp = base.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(base.with_suffix(".json"))
+    write_csv(result["summary"], base.with_suffix(".csv"))
+    if plot and result["summary"]:
+        tradeoff(
+            result["summary"],
+            base.with_suffix(".png"),
+            dense_accuracy=result["dense_accuracy"],
+            title=f"{result['model']}: HASTE on {result['dataset']} {result['split']} "
+            f"({result['images']} images), mean +/- std over seeds",
+            series=varying_axes(result["summary"]),
+        )
+
+
+def add_grid_arguments(p) -> None:
+    p.add_argument("--hyperplanes", type=int, nargs="+", default=[4, 5, 6, 7, 8, 10, 12, 14], help="L values")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="hyperplane seeds (default 0 1 2)")
+    p.add_argument("--patch-size", type=int, nargs="+", default=[CONVERT_DEFAULTS["patch_size"]])
+    p.add_argument("--sparsity", type=float, nargs="+", default=[CONVERT_DEFAULTS["sparsity"]])
+    p.add_argument("--hash", choices=FAMILIES, nargs="+", default=[CONVERT_DEFAULTS["hash"]])
+    p.add_argument("--start-layer", type=int, nargs="+", default=[CONVERT_DEFAULTS["start_layer"]])
+    p.add_argument("--include-pointwise", type=boolean, nargs="+", default=[False], help="true and/or false")
+    p.add_argument(
+        "--schedule",
+        nargs="+",
+        default=[""],
+        help='per-layer hyperplane offsets, e.g. "layer1=+2,layer4=-1" ("" = uniform); names or globs',
+    )
+
+
+def add_command(sub) -> None:
+    """Register ``haste sweep`` and ``haste calibrate``."""
+    from . import calibrate
+
+    p = sub.add_parser("sweep", help="accuracy vs FLOPs saving over a grid of settings and seeds")
+    p.add_argument("--model", required=True, help="reference model, torchvision arch[:WEIGHTS], or a card .json")
+    add_grid_arguments(p)
+    add_data_arguments(p, split="calibration")
+    p.add_argument("--out", required=True, help="output path without extension (.json, .csv, .png are written)")
+    p.set_defaults(func=_run)
+    calibrate.add_command(sub)
+
+
+def _run(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for value in args.sparsity:
+        if not 0 <= value < 1 or math.isnan(value):
+            raise ValueError(f"sparsity must be in [0, 1); got {value!r}")
+    for text in args.schedule:
+        parse_schedule(text)
+    result = sweep(
+        args.model,
+        hyperplanes=args.hyperplanes,
+        seeds=args.seeds,
+        patch_size=args.patch_size,
+        sparsity=args.sparsity,
+        hash=args.hash,
+        start_layer=args.start_layer,
+        include_pointwise=args.include_pointwise,
+        schedule=args.schedule,
+        out=args.out,
+        dataset=args.dataset,
+        split=args.split,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        command=command_line(),
+    )
+    print(f"wrote {args.out}.json, .csv, .png ({len(result['rows'])} runs)")
+    return 0
