@@ -1,0 +1,11 @@
+"""The HASTE inference service: FastAPI app, settings, dynamic batching, Prometheus metrics, image decoding.
+
+The data path: request body (body.py) -> decode + shared preprocessing (decode.py) -> per-model queue and
+worker (batching.py) -> converted model at the request's level (registry.py) -> reply (routes.py) and
+metrics (metrics.py). ``create_app`` (app.py) wires them; ``haste serve`` (cli.py) runs it.
+"""
+
+from .app import create_app
+from .settings import Settings
+
+__all__ = ["Settings", "create_app"]

@@ -1,0 +1,206 @@
+"""Dynamic batching: one worker thread per model runs batches keyed by level, off the event loop.
+
+Requests wait in a bounded per-model queue (one FIFO per level). The worker takes the level whose oldest
+request has waited longest and runs it as soon as ``max_batch_size`` requests of that level are waiting
+or the oldest has waited ``max_batch_delay``. Requests past their deadline, or abandoned by their handler,
+are dropped before execution. The level is set with ``haste.compression`` inside the worker, and
+per-image FLOPs come from ``haste.profile``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+import haste
+
+from .errors import ServiceError
+from .metrics import Metrics
+from .registry import ServedModel, warm_up
+from .settings import Settings
+
+log = logging.getLogger("service")
+
+
+@dataclass
+class Result:
+    """What the worker hands back for one image."""
+
+    probs: torch.Tensor  # (num_labels,) softmax scores
+    flops_dense: float
+    flops_executed: float  # merged convs + dense layers + HASTE overhead
+    queue_s: float
+    inference_s: float
+    batch_size: int
+
+
+@dataclass
+class Job:
+    """One image waiting for a batch."""
+
+    inputs: torch.Tensor  # (C, H, W) preprocessed
+    level: str
+    deadline: float  # time.monotonic() seconds
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.monotonic)
+    abandoned: bool = False  # set by the handler when it stops waiting
+
+    def resolve(self, result: Result | None = None, error: BaseException | None = None) -> None:
+        """Complete the future from any thread (no-op if the handler gave up)."""
+
+        def _set() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        try:
+            self.loop.call_soon_threadsafe(_set)
+        except RuntimeError:  # loop closed at shutdown
+            pass
+
+
+class Batcher:
+    """Queue + worker thread of one model. ``submit`` is called on the event loop; the worker warms the
+    model at every level first, then serves."""
+
+    def __init__(self, served: ServedModel, settings: Settings, metrics: Metrics) -> None:
+        self.served = served
+        self.settings = settings
+        self.metrics = metrics
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[Job]] = {level: deque() for level in haste.LEVELS}
+        self._size = 0
+        self._stopping = False
+        self.warm = threading.Event()
+        self.failed: str | None = None
+        self._thread = threading.Thread(target=self._run, name=f"haste-batcher-{served.name}", daemon=True)
+
+    @property
+    def depth(self) -> int:
+        return self._size
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking batches; fail what is still queued with 503; join the worker."""
+        with self._cond:
+            self._stopping = True
+            leftovers = [job for q in self._queues.values() for job in q]
+            for q in self._queues.values():
+                q.clear()
+            self._size = 0
+            self._cond.notify_all()
+        for job in leftovers:
+            job.resolve(error=ServiceError("not_ready", "the server is shutting down"))
+        self._thread.join(timeout)
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` or raise ServiceError(queue_full) with Retry-After."""
+        with self._cond:
+            if self._stopping:
+                raise ServiceError(
+                    "not_ready",
+                    "the server is shutting down",
+                    headers={"Retry-After": str(self.settings.retry_after_s)},
+                )
+            if self._size >= self.settings.queue_size:
+                raise ServiceError(
+                    "queue_full",
+                    f"{self.served.name} has {self._size} requests waiting (queue size {self.settings.queue_size}); "
+                    "retry later",
+                    headers={"Retry-After": str(self.settings.retry_after_s)},
+                )
+            self._queues[job.level].append(job)
+            self._size += 1
+            self.metrics.queue_depth.labels(self.served.name).set(self._size)
+            self._cond.notify()
+
+    # -- worker thread --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.settings.torch_threads)
+        try:
+            warm_up(self.served, self.settings, stop=lambda: self._stopping)
+        except Exception as exc:  # a model that cannot run is reported by /readyz, not served
+            log.exception("warm-up of %s failed", self.served.name)
+            self.failed = f"warm-up of {self.served.name} failed: {type(exc).__name__}: {exc}"
+            return
+        if self._stopping:
+            return
+        self.warm.set()
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            level, jobs = batch
+            try:
+                self._execute(level, jobs)
+            except Exception as exc:
+                log.exception("batch of %d at level %s on %s failed", len(jobs), level, self.served.name)
+                for job in jobs:
+                    job.resolve(error=exc)
+
+    def _next_batch(self) -> tuple[str, list[Job]] | None:
+        """Block until a batch is due; return (level, live jobs), or None when stopping."""
+        max_batch, delay = self.settings.max_batch_size, self.settings.max_batch_delay_s
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                heads = [(q[0].enqueued, level) for level, q in self._queues.items() if q]
+                if not heads:
+                    self._cond.wait()
+                    continue
+                oldest, level = min(heads)
+                queue = self._queues[level]
+                wait = oldest + delay - time.monotonic()
+                if len(queue) < max_batch and wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                now = time.monotonic()
+                jobs, expired = [], []
+                while queue and len(jobs) < max_batch:
+                    job = queue.popleft()
+                    self._size -= 1
+                    if job.abandoned:
+                        continue
+                    (expired if now >= job.deadline else jobs).append(job)
+                self.metrics.queue_depth.labels(self.served.name).set(self._size)
+                for job in expired:
+                    job.resolve(error=ServiceError("timeout", "request deadline passed before it could run"))
+                if jobs:
+                    return level, jobs
+
+    def _execute(self, level: str, jobs: list[Job]) -> None:
+        """One forward pass of ``jobs`` at ``level``; resolve every job with its Result."""
+        start = time.monotonic()
+        name, model = self.served.name, self.served.model
+        x = torch.stack([job.inputs for job in jobs]).to(self.served.device)
+        t0 = time.perf_counter()
+        with torch.inference_mode(), haste.compression(level), haste.profile(model) as report:
+            logits = model(x)
+        probs = logits.float().softmax(dim=1).cpu()
+        seconds = time.perf_counter() - t0
+        rows = report.per_image
+        if len(rows) != len(jobs):  # should not happen: one forward of the whole model per batch
+            raise RuntimeError(f"profile recorded {len(rows)} images for a batch of {len(jobs)}")
+        self.metrics.observe_batch(name, level, len(jobs), seconds)
+        ratios = []
+        for job, p, (dense, executed, overhead) in zip(jobs, probs, rows):
+            total = executed + overhead
+            ratios.append((dense - total) / dense if dense else 0.0)
+            self.metrics.observe_image(name, level, dense, total)
+            self.metrics.queue_duration.labels(name, level).observe(start - job.enqueued)
+            job.resolve(Result(p, dense, total, start - job.enqueued, seconds, len(jobs)))
+        self.served.record_saving(level, ratios)

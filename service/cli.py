@@ -1,0 +1,40 @@
+"""``haste serve``: run the inference service with uvicorn (one process; scale out with replicas)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_command(sub) -> None:
+    """Register ``haste serve`` on the ``haste`` command's subparsers."""
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP inference service (configured by HASTE_* environment variables)",
+        description="Serve the configured models over HTTP. Settings come from HASTE_* environment variables "
+        "(see README, section Service); --host and --port override HASTE_HOST and HASTE_PORT.",
+    )
+    p.add_argument("--host", help="address to bind (default: HASTE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default: HASTE_PORT or 8000)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .settings import Settings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One worker process: the metrics registry and the batching queues live in this process.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0

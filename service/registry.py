@@ -1,0 +1,208 @@
+"""The served models: loaded once by name through ``haste.zoo``, converted with ``haste.convert``, moved
+to the device, warmed at every level, and described for ``/v1/models``."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+import haste
+from haste.preprocess import InputSpec
+
+from .settings import Settings
+
+log = logging.getLogger("service")
+
+SPEC_KEYS = ("mode", "resize", "crop", "pad", "mean", "std")
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("HASTE_DEVICE=cuda but no CUDA device is available")
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def _zoo_load(name: str, settings: Settings) -> nn.Module:
+    """``haste.zoo.load`` with the configured weights directory; never downloads."""
+    kwargs: dict = {}
+    params = inspect.signature(haste.zoo.load).parameters
+    if settings.weights_dir is not None:
+        kwargs["root"] = settings.weights_dir
+    if "download" in params:
+        kwargs["download"] = False
+    return haste.zoo.load(name, **kwargs)
+
+
+@dataclass
+class ServedModel:
+    """One loaded, converted model and what the API says about it."""
+
+    name: str
+    model: nn.Module
+    card: dict
+    spec: InputSpec
+    labels: list[str]
+    device: torch.device
+    #: level -> hyperplanes (an int, or {"min", "max"} for a per-layer schedule).
+    hyperplanes: dict[str, object] = field(default_factory=dict)
+    #: level -> batch-1 forward latency measured at warm-up, in ms.
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    #: level -> mean fraction of dense multiply-adds saved over the images served so far.
+    served: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return str(self.card.get("version", "1"))
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.spec.channels, *self.spec.size)
+
+    def record_saving(self, level: str, ratios: list[float]) -> None:
+        """Accumulate per-image saved ratios (called from the model's worker thread)."""
+        images, total = self.served.get(level, [0.0, 0.0])
+        self.served[level] = [images + len(ratios), total + sum(ratios)]
+
+    def levels_table(self) -> list[dict]:
+        """One row per level: hyperplanes, calibrated accuracy drop and FLOPs saving (when the card has
+        a calibration table), warm-up latency, and the saving measured on served images."""
+        calibrated = _calibration_rows(self.card)
+        rows = []
+        for level in haste.LEVELS:
+            cal = calibrated.get(level, {})
+            images, total = self.served.get(level, [0.0, 0.0])
+            rows.append(
+                {
+                    "level": level,
+                    "hyperplanes": self.hyperplanes.get(level, haste.LEVELS[level]),
+                    "accuracy_drop": _first(cal, "accuracy_drop", "drop", "acc_drop"),
+                    "flops_saving": _first(cal, "saving", "flops_saving", "saved_ratio"),
+                    "latency_ms": self.latency_ms.get(level),
+                    "served_images": int(images),
+                    "served_saving": total / images if images else None,
+                }
+            )
+        return rows
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "arch": self.card.get("arch"),
+            "version": self.version,
+            "device": str(self.device),
+            "dataset": self.card.get("dataset"),
+            "input": {**self.spec.as_dict(), "channels": self.spec.channels, "size": list(self.spec.size)},
+            "num_labels": len(self.labels),
+            "test_accuracy": self.card.get("test_accuracy"),
+            "flops_dense": self.card.get("flops_dense"),
+        }
+
+    def describe(self) -> dict:
+        conversion = haste.conversion(self.model)
+        return {
+            **self.summary(),
+            "architecture": self.card.get("architecture"),
+            "preprocessing": _describe_spec(self.spec),
+            "labels": self.labels,
+            "conversion": {
+                "options": conversion.options if conversion else {},
+                "converted_layers": len(conversion.replaced) if conversion else 0,
+                "dense_layers": conversion.skipped if conversion else {},
+            },
+            "levels": self.levels_table(),
+            "calibration": self.card.get("haste"),
+        }
+
+
+def _first(row: dict, *keys: str) -> object:
+    for key in keys:
+        if row.get(key) is not None:
+            return row[key]
+    return None
+
+
+def _calibration_rows(card: dict) -> dict[str, dict]:
+    """level -> calibration row, from ``card["haste"]["table"]`` when rows name their level."""
+    table = (card.get("haste") or {}).get("table") or []
+    rows = {}
+    if isinstance(table, list):
+        for row in table:
+            if isinstance(row, dict) and row.get("level") in haste.LEVELS:
+                rows[row["level"]] = row
+    elif isinstance(table, dict):
+        rows = {k: v for k, v in table.items() if k in haste.LEVELS and isinstance(v, dict)}
+    return rows
+
+
+def _describe_spec(spec: InputSpec) -> str:
+    steps = [f"decode (JPEG/PNG/WebP), apply EXIF orientation, convert to {spec.mode}"]
+    if spec.resize:
+        steps.append(f"resize the shorter side to {spec.resize} px (bilinear)")
+    if spec.crop:
+        steps.append(f"centre-crop {spec.crop}x{spec.crop}")
+    steps.append(f"scale to [0, 1], normalise with mean {list(spec.mean)} and std {list(spec.std)}")
+    if spec.pad:
+        steps.append(f"zero-pad {spec.pad} px per side (black pixels)")
+    return "; ".join(steps) + " (haste.preprocess, shared with evaluation)"
+
+
+def _hyperplanes(model: nn.Module) -> dict[str, object]:
+    layers = [m for m in model.modules() if isinstance(m, haste.HasteConv2d)]
+    table: dict[str, object] = {}
+    for level in haste.LEVELS:
+        values = sorted({m.levels[level] for m in layers}) or [haste.LEVELS[level]]
+        table[level] = values[0] if len(values) == 1 else {"min": values[0], "max": values[-1]}
+    return table
+
+
+def load(name: str, settings: Settings, device: torch.device) -> ServedModel:
+    """Load ``name`` through haste.zoo, convert it (the card's calibrated levels when present), move it."""
+    model = _zoo_load(name, settings)
+    card = dict(getattr(model, "haste_card", None) or haste.zoo.card(name))
+    haste.convert(model)
+    model = model.to(device).eval()
+    spec = InputSpec.from_dict({k: card["input"][k] for k in SPEC_KEYS})
+    log.info("loaded %s (%s) on %s", name, card.get("arch"), device)
+    return ServedModel(
+        name=name,
+        model=model,
+        card=card,
+        spec=spec,
+        labels=list(card["labels"]),
+        device=device,
+        hyperplanes=_hyperplanes(model),
+    )
+
+
+def warm_up(served: ServedModel, settings: Settings, stop: Callable[[], bool] = lambda: False) -> None:
+    """Run every level at batch sizes 1 and max_batch_size (``warmup_rounds`` times each) on a fixed
+    random input, then time one batch-1 forward per level (``served.latency_ms``). Returns early if
+    ``stop()`` turns true."""
+    gen = torch.Generator().manual_seed(0)
+    sizes = sorted({1, settings.max_batch_size})
+    inputs = {n: torch.randn((n, *served.input_shape), generator=gen).to(served.device) for n in sizes}
+    with torch.inference_mode():
+        for level in haste.LEVELS:
+            with haste.compression(level):
+                for n in sizes:
+                    for _ in range(settings.warmup_rounds):
+                        if stop():
+                            return
+                        served.model(inputs[n])
+        for level in haste.LEVELS:
+            with haste.compression(level):
+                start = time.perf_counter()
+                served.model(inputs[1])
+                if served.device.type == "cuda":
+                    torch.cuda.synchronize(served.device)
+                served.latency_ms[level] = round((time.perf_counter() - start) * 1000, 3)
+            log.info("warmed %s at level %s: %.1f ms per image (batch 1)", served.name, level, served.latency_ms[level])

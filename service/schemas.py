@@ -1,0 +1,126 @@
+"""Response bodies of the API (pydantic models; they also give /docs its schemas and examples)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Prediction(BaseModel):
+    index: int = Field(description="Class index in the model's label list.")
+    label: str
+    score: float = Field(description="Softmax probability.")
+
+
+class Compute(BaseModel):
+    """Per-image multiply-adds (torchvision's GFLOPS convention)."""
+
+    flops_dense: float = Field(description="Multiply-adds of the original (dense) model.")
+    flops_executed: float = Field(
+        description="Multiply-adds run: merged convs, dense layers and HASTE's hashing/merging overhead."
+    )
+    flops_saved: float = Field(description="flops_dense - flops_executed (negative if overhead outweighs merging).")
+    saved_ratio: float = Field(description="flops_saved / flops_dense.")
+
+
+class Timing(BaseModel):
+    """Milliseconds."""
+
+    queue: float = Field(description="Waiting for the batch to start.")
+    decode: float = Field(description="Image decoding and preprocessing.")
+    inference: float = Field(description="Forward pass of the whole batch this image ran in.")
+    total: float = Field(description="From the request's arrival to the reply.")
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "4f1c2a9e0b6d4c0f8e7a1b2c3d4e5f60",
+                    "model": "fmnist-resnet34",
+                    "model_version": "1",
+                    "level": "high",
+                    "predictions": [
+                        {"index": 9, "label": "Ankle boot", "score": 0.982},
+                        {"index": 7, "label": "Sneaker", "score": 0.011},
+                    ],
+                    "compute": {
+                        "flops_dense": 74_000_000.0,
+                        "flops_executed": 43_500_000.0,
+                        "flops_saved": 30_500_000.0,
+                        "saved_ratio": 0.412,
+                    },
+                    "timing_ms": {"queue": 3.1, "decode": 0.4, "inference": 21.7, "total": 26.0},
+                }
+            ]
+        },
+    )
+
+    request_id: str
+    model: str
+    model_version: str
+    level: str = Field(description="The level applied: off, low, medium or high.")
+    predictions: list[Prediction] = Field(description="top_k classes, best first.")
+    compute: Compute
+    timing_ms: Timing
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": "level must be one of off, low, medium, high; got 'max'",
+                    "code": "invalid_level",
+                    "request_id": "4f1c2a9e0b6d4c0f8e7a1b2c3d4e5f60",
+                }
+            ]
+        }
+    )
+
+    error: str = Field(description="What was wrong and what is accepted.")
+    code: str = Field(description="Machine-readable code, e.g. invalid_image, unknown_model, queue_full.")
+    request_id: str
+
+
+class LevelRow(BaseModel):
+    level: str
+    hyperplanes: int | dict[str, int] = Field(description="LSH hyperplanes L (min/max for a per-layer schedule).")
+    accuracy_drop: float | None = Field(None, description="Calibrated top-1 drop (fraction), when calibrated.")
+    flops_saving: float | None = Field(None, description="Calibrated fraction of multiply-adds saved.")
+    latency_ms: float | None = Field(None, description="Batch-1 forward latency measured at warm-up.")
+    served_images: int = Field(0, description="Images classified at this level since start-up.")
+    served_saving: float | None = Field(None, description="Mean fraction saved over those images.")
+
+
+class ModelSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    arch: str | None = None
+    version: str
+    device: str
+    input: dict
+    num_labels: int
+
+
+class ModelList(BaseModel):
+    default_model: str
+    default_level: str
+    levels: list[str]
+    models: list[ModelSummary]
+
+
+class ModelDetail(ModelSummary):
+    architecture: str | None = None
+    preprocessing: str
+    labels: list[str]
+    conversion: dict
+    levels: list[LevelRow]
+    calibration: dict | None = None
+
+
+class Status(BaseModel):
+    status: str
+    models: dict[str, str] | None = Field(None, description="Model name -> loading, warming, ready or failed.")

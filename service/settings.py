@@ -1,0 +1,110 @@
+"""Service configuration: one pydantic-settings class, read from ``HASTE_*`` environment variables.
+
+    HASTE_MODELS=fmnist-resnet34,fmnist-resnet18 HASTE_MAX_BATCH_SIZE=16 haste serve --port 8000
+
+Lists (``HASTE_MODELS``) are comma-separated (a JSON list also works). Times are in milliseconds where
+the name says ``_ms`` and seconds where it says ``_s``; sizes in bytes and pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+import haste
+
+
+def _default_threads() -> int:
+    """Intra-op threads for inference when not configured: half the cores, 1 to 4."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told. Each field is the env variable ``HASTE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="HASTE_", extra="ignore")
+
+    models: Annotated[list[str], NoDecode] = Field(
+        default=["fmnist-resnet34"],
+        description="Models to load at start-up: reference names (haste.zoo.names()) or torchvision names "
+        "such as resnet50:IMAGENET1K_V2 (weights must be in the local torch cache). Comma-separated.",
+    )
+    default_model: str | None = Field(
+        default=None, description="Model used when a request names none (first of models)."
+    )
+    default_level: str = Field(default=haste.DEFAULT_LEVEL, description="Level used when a request names none.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = CUDA when available, else CPU.")
+    weights_dir: Path | None = Field(
+        default=None, description="Directory of reference weights and cards (default: the package's haste/zoo/weights)."
+    )
+    max_batch_size: int = Field(default=8, ge=1, le=1024, description="Largest batch one forward pass runs.")
+    max_batch_delay_ms: float = Field(
+        default=5.0, ge=0, le=10_000, description="Longest a request waits for companions before its batch runs."
+    )
+    queue_size: int = Field(
+        default=64,
+        ge=1,
+        description="Requests waiting per model (all levels); beyond it requests get 503 + Retry-After.",
+    )
+    max_inflight: int = Field(
+        default=128, ge=1, description="Classify requests handled at once (reading, decoding, queued, running)."
+    )
+    request_deadline_ms: float = Field(
+        default=10_000, gt=0, description="Per-request deadline; requests past it are dropped before execution (504)."
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After header value (seconds) on 503 answers.")
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest accepted image body, in bytes.")
+    max_pixels: int = Field(default=25_000_000, ge=1, description="Largest accepted image, in pixels (width x height).")
+    min_side: int = Field(default=8, ge=1, description="Smallest accepted image side, in pixels.")
+    max_aspect_ratio: float = Field(default=32.0, ge=1, description="Largest accepted long side / short side ratio.")
+    decode_threads: int = Field(default=2, ge=1, description="Threads decoding and preprocessing images.")
+    torch_threads: int = Field(default_factory=_default_threads, ge=1, description="torch intra-op threads.")
+    warmup_rounds: int = Field(
+        default=1, ge=1, description="Forward passes per level and batch size (1 and max_batch_size) at warm-up."
+    )
+    host: str = Field(default="127.0.0.1", description="Address `haste serve` binds (0.0.0.0 in containers).")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `haste serve` listens on.")
+    log_level: str = Field(default="info", description="uvicorn log level.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("default_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value not in haste.LEVELS:
+            raise ValueError(f"level must be one of {', '.join(haste.LEVELS)}; got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_models(self) -> Settings:
+        if not self.models:
+            raise ValueError("models must name at least one model")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models must not repeat a name; got {self.models}")
+        if self.default_model is None:
+            self.default_model = self.models[0]
+        elif self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of models {self.models}")
+        return self
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        return self.max_batch_delay_ms / 1000.0
+
+    @property
+    def request_deadline_s(self) -> float:
+        return self.request_deadline_ms / 1000.0
