@@ -1,0 +1,116 @@
+"""haste.zoo: the trained reference models (committed weights and cards) and torchvision models
+through a pre-seeded offline cache."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+
+import haste
+from haste import zoo
+from haste.train import accuracy, inputs
+from haste.zoo import torchvision as tv
+from haste.zoo.registry import entry
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty torchvision cache; downloads disabled."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HASTE_OFFLINE", "1")
+    return tmp_path
+
+
+def seed_cache(name: str) -> dict:
+    """Save a randomly initialised model's state_dict where torchvision expects the weights of ``name``."""
+    arch = name.split(":")[0]
+    state = torchvision.models.get_model(arch, weights=None, num_classes=1000).state_dict()
+    path = tv.cache_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state
+
+
+def test_registry_names():
+    assert {"fmnist-resnet18", "fmnist-resnet34", "fmnist-vgg16_bn"} <= set(zoo.names())
+
+
+def test_unknown_model_says_what_is_accepted():
+    with pytest.raises(ValueError, match="fmnist-resnet34.*torchvision.*IMAGENET1K_V2"):
+        zoo.card("no-such-model")
+    with pytest.raises(ValueError, match="accepted: DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2"):
+        zoo.card("resnet50:IMAGENET9")
+
+
+def test_torchvision_card_from_weights_meta():
+    card = zoo.card("resnet50:IMAGENET1K_V2")
+    assert card["name"] == "resnet50:IMAGENET1K_V2" and card["source"] == "torchvision"
+    assert len(card["labels"]) == 1000 and card["labels"][1] == "goldfish"
+    assert card["input"]["resize"] == 232 and card["input"]["crop"] == 224 and card["input"]["size"] == [224, 224]
+    assert card["input"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert card["flops_dense"] == 4_089_000_000
+    assert card["test_accuracy"] == pytest.approx(0.80858)
+    assert zoo.card("resnet50")["name"] == "resnet50:IMAGENET1K_V2"  # DEFAULT weights
+    assert zoo.card("resnet18:ResNet18_Weights.IMAGENET1K_V1")["name"] == "resnet18:IMAGENET1K_V1"
+
+
+def test_torchvision_offline_without_cache_names_the_path(torch_home):
+    expected = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(FileNotFoundError) as info:
+        zoo.load("resnet18:IMAGENET1K_V1")
+    assert str(expected) in str(info.value) and "offline" in str(info.value)
+
+
+def test_torchvision_from_a_preseeded_cache(torch_home):
+    state = seed_cache("resnet18:IMAGENET1K_V1")
+    assert tv.cache_path("resnet18").is_relative_to(torch_home)
+    model = zoo.load("resnet18")
+    assert not model.training and model.haste_card["name"] == "resnet18:IMAGENET1K_V1"
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert haste.count_flops(model, (3, 224, 224)) == pytest.approx(1.814e9, rel=1e-3)
+    haste.convert(model)
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad(), haste.compression("off"):
+        dense = model(x)
+    with torch.no_grad(), haste.compression(hyperplanes=6):
+        merged = model(x)
+    assert dense.shape == merged.shape == (1, 1000) and torch.isfinite(merged).all()
+
+
+@pytest.mark.parametrize("name", ["fmnist-resnet18", "fmnist-resnet34", "fmnist-vgg16_bn"])
+def test_reference_model_card_and_weights(name):
+    card = zoo.card(name)
+    spec = entry(name).spec
+    assert card["name"] == name and card["arch"] == entry(name).arch
+    assert card["labels"][0] == "T-shirt/top" and len(card["labels"]) == 10
+    assert card["input"]["size"] == [32, 32] and card["input"]["mean"] == list(spec.mean)
+    assert card["test_accuracy"] >= 0.92
+    assert card["seed"] == entry(name).recipe.seed and "command" in card["recipe"]
+    weights, _ = zoo.paths(name)
+    import hashlib
+
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == card["sha256"]
+    model = zoo.load(name)
+    assert not model.training and model.haste_card == card
+    assert haste.count_flops(model, (1, 32, 32)) == card["flops_dense"]
+    x, y = haste.data.fashion_mnist("test")
+    assert accuracy(model, inputs(x[:300], spec), y[:300]) >= 0.9
+
+
+@pytest.mark.parametrize("name", ["fmnist-resnet18", "fmnist-resnet34", "fmnist-vgg16_bn"])
+def test_reference_model_uses_its_calibrated_levels(name):
+    card = zoo.card(name)
+    assert set(card["haste"]["levels"]) == {"low", "medium", "high"}
+    model = haste.convert(zoo.load(name))
+    assert haste.conversion(model).options == card["haste"]["options"]
+    wrapper = next(m for m in model.modules() if isinstance(m, haste.HasteConv2d))
+    for level, value in card["haste"]["levels"].items():
+        expected = value if isinstance(value, int) else value.get(wrapper.name, value["default"])
+        assert wrapper.levels[level] == expected
+    savings = [
+        row["saving"]
+        for row in sorted(card["haste"]["table"], key=lambda r: ["low", "medium", "high"].index(r["level"]))
+    ]
+    assert savings == sorted(savings)
+    json.dumps(card)
