@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from haste.preprocess import InputSpec, preprocess
 
@@ -113,6 +113,8 @@ def _check_size(width: int, height: int, limits: Limits) -> None:
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a valid image file"
     text = str(exc).strip() or type(exc).__name__
     return text[:200]
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import haste
+import haste.zoo
 from haste.preprocess import InputSpec
 
 from .settings import Settings
@@ -73,8 +74,8 @@ class ServedModel:
         self.served[level] = [images + len(ratios), total + sum(ratios)]
 
     def levels_table(self) -> list[dict]:
-        """One row per level: hyperplanes, calibrated accuracy drop and FLOPs saving (when the card has
-        a calibration table), warm-up latency, and the saving measured on served images."""
+        """One row per level: hyperplanes, the test accuracy, its drop and the FLOPs saving measured by
+        ``haste calibrate`` (when the card has them), warm-up latency, and the saving on served images."""
         calibrated = _calibration_rows(self.card)
         rows = []
         for level in haste.LEVELS:
@@ -84,8 +85,9 @@ class ServedModel:
                 {
                     "level": level,
                     "hyperplanes": self.hyperplanes.get(level, haste.LEVELS[level]),
-                    "accuracy_drop": _first(cal, "accuracy_drop", "drop", "acc_drop"),
-                    "flops_saving": _first(cal, "saving", "flops_saving", "saved_ratio"),
+                    "test_accuracy": cal.get("test_accuracy"),
+                    "accuracy_drop_points": cal.get("test_drop"),
+                    "flops_saving": cal.get("saving"),
                     "latency_ms": self.latency_ms.get(level),
                     "served_images": int(images),
                     "served_saving": total / images if images else None,
@@ -121,13 +123,6 @@ class ServedModel:
             "levels": self.levels_table(),
             "calibration": self.card.get("haste"),
         }
-
-
-def _first(row: dict, *keys: str) -> object:
-    for key in keys:
-        if row.get(key) is not None:
-            return row[key]
-    return None
 
 
 def _calibration_rows(card: dict) -> dict[str, dict]:

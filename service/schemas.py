@@ -87,8 +87,11 @@ class ErrorResponse(BaseModel):
 class LevelRow(BaseModel):
     level: str
     hyperplanes: int | dict[str, int] = Field(description="LSH hyperplanes L (min/max for a per-layer schedule).")
-    accuracy_drop: float | None = Field(None, description="Calibrated top-1 drop (fraction), when calibrated.")
-    flops_saving: float | None = Field(None, description="Calibrated fraction of multiply-adds saved.")
+    test_accuracy: float | None = Field(None, description="Top-1 on the test split at this level (haste calibrate).")
+    accuracy_drop_points: float | None = Field(None, description="Top-1 drop vs dense, percentage points (calibrated).")
+    flops_saving: float | None = Field(
+        None, description="Fraction of multiply-adds saved, overhead included (calibrated)."
+    )
     latency_ms: float | None = Field(None, description="Batch-1 forward latency measured at warm-up.")
     served_images: int = Field(0, description="Images classified at this level since start-up.")
     served_saving: float | None = Field(None, description="Mean fraction saved over those images.")
