@@ -89,7 +89,7 @@ class Server:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.01)
         raise TimeoutError(f"{path} not 200 after {timeout}s:\n{self.output()}")
 
     def rss_bytes(self) -> int:

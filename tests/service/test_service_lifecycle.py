@@ -1,0 +1,72 @@
+"""Start-up and deadlines on servers of their own: /readyz is 503 until warm-up ends while /livez answers;
+a model that cannot load stops the process with a clear error; requests past their deadline are dropped
+before execution with 504."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from service_support import FIXTURES, MANIFEST, MODEL, Server, assert_error, metrics, sample
+
+PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    """Warm-up of 8 rounds per level and batch size (well over 100 ms even with a fast engine), batches
+    of 2 that wait up to 1 s for a companion, and a 150 ms deadline: a lone request expires in the queue."""
+    srv = Server(warmup_rounds=8, max_batch_size=2, max_batch_delay_ms=1000, request_deadline_ms=150)
+    yield srv
+    srv.stop()
+
+
+def test_readyz_is_503_until_warm_up_ends_and_livez_is_independent(slow_server):
+    slow_server.wait("/livez")
+    with httpx.Client(base_url=slow_server.url, timeout=30) as c:
+        ready = c.get("/readyz")
+        if ready.status_code == 503:
+            body = assert_error(ready, 503, "not_ready")
+            assert "warming" in body["error"] and ready.headers["retry-after"]
+            early = c.post("/v1/classify", content=PNG, headers={"Content-Type": "image/png"})
+            gauge = sample(metrics(c), "haste_ready")
+            still_warming = c.get("/readyz").status_code == 503
+            if still_warming:  # readiness only goes one way: the classify and the gauge saw it warming too
+                assert_error(early, 503, "not_ready")
+                assert gauge == 0.0
+        seen_not_ready = ready.status_code == 503
+        while (status := c.get("/readyz").status_code) == 503:
+            assert c.get("/livez").status_code == 200
+            time.sleep(0.01)
+        assert status == 200
+        assert seen_not_ready, "warm-up ended before the first /readyz poll"
+        assert c.get("/readyz").json() == {"status": "ready", "models": {MODEL: "ready"}}
+        assert sample(metrics(c), "haste_ready") == 1.0
+        assert c.get("/livez").json() == {"status": "alive"}
+
+
+def test_request_past_its_deadline_is_dropped_before_execution(slow_server):
+    slow_server.wait()
+    with httpx.Client(base_url=slow_server.url, timeout=30) as c:
+        before = metrics(c)
+        response = c.post("/v1/classify", params={"level": "low"}, content=PNG, headers={"Content-Type": "image/png"})
+        body = assert_error(response, 504, "timeout")
+        assert "deadline" in body["error"]
+        time.sleep(1.2)  # past the batch delay: the worker has taken and dropped the expired request
+        after = metrics(c)
+        labels = {"model": MODEL, "level": "low"}
+        assert sample(after, "haste_requests_total", **labels, code="504") == (
+            sample(before, "haste_requests_total", **labels, code="504") + 1
+        )
+        assert sample(after, "haste_images_total", **labels) == sample(before, "haste_images_total", **labels)
+        assert sample(after, "haste_queue_depth", model=MODEL) == 0
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_its_error():
+    srv = Server(models="fmnist-resnet9000")
+    try:
+        assert srv.proc.wait(120) != 0
+        assert "fmnist-resnet9000" in srv.output()
+    finally:
+        srv.stop()
