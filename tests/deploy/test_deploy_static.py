@@ -10,9 +10,13 @@ names, and the dashboard's coverage of the service's metrics.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import re
+import shutil
+import subprocess
 import sys
+import zipfile
 
 import jsonschema
 import kubernetes_validate
@@ -99,6 +103,33 @@ def test_dockerfile_builds_both_variants_as_non_root_with_healthcheck():
     for source in re.findall(r"^COPY (?!--)(\S+)", text, re.M):
         top = source.split("/")[0]
         assert f"!{top}" in ignore, f"COPY {source} is excluded by Dockerfile.dockerignore"
+
+
+def test_image_install_carries_weights_and_kernel_source(tmp_path):
+    """What the Dockerfile installs (its COPY sources, as a regular non-editable install) includes the
+    reference weights and cards (the models baked into the image) and the CPU kernel's source."""
+    text = DOCKERFILE.read_text()
+    context = tmp_path / "context"
+    context.mkdir()
+    for line in re.findall(r"^COPY (?!--)(.+)$", text, re.M):
+        for source in line.split()[:-1]:  # the last word is the destination
+            if not source.startswith("docker/"):  # the build stage's sources, not the healthcheck script
+                path = ROOT / source
+                (shutil.copytree if path.is_dir() else shutil.copy)(path, context / source)
+    # Offline when the environment has setuptools; otherwise pip fetches it into an isolated build env.
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", *isolation, "-w", str(tmp_path), "."],
+        cwd=context, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = tmp_path.glob("haste-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {"service/cli.py", "haste/cli.py"}
+    expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "haste" / "zoo" / "weights").glob("*.safetensors")}
+    expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "haste" / "zoo" / "weights").glob("*.json")}
+    expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "haste" / "engine").glob("*.cpp")}
+    assert expected <= names, f"missing from the installed package: {sorted(expected - names)}"
 
 
 # --- YAML -------------------------------------------------------------------------------------------
