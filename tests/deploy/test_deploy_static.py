@@ -1,8 +1,9 @@
 """Deployment files checked by real validators, and against each other.
 
 hadolint (Dockerfile), yamllint (all YAML), kubernetes-validate (the kustomize-rendered manifests against
-a pinned Kubernetes version, strict), the compose-spec JSON schema (compose files), promtool (Prometheus
-config, alert rules and their unit tests); then the conventions of ../shared/SERVICE.md that no
+a pinned Kubernetes version, strict), the compose-spec JSON schema and a strict Compose parser (compose
+files), promtool (Prometheus config, alert rules and their unit tests), a wheel build (what the image
+installs); then the conventions of ../shared/SERVICE.md that no
 validator knows: GPU reservations, probes, ports, selectors, the HPA metric and its adapter rule, setting
 names, and the dashboard's coverage of the service's metrics.
 """
@@ -272,6 +273,27 @@ def test_compose_files_match_the_compose_spec(path):
     errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _compose_validator().iter_errors(
         _load_yaml(path))]  # fmt: skip
     assert not errors, errors
+
+
+def _interpolate_defaults(text: str) -> str:
+    """Compose's variable interpolation with every variable unset: ``${NAME:-default}`` -> default."""
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+    assert "${" not in text, "a variable without a default"
+    return text
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_files_parse_with_a_strict_compose_parser(path):
+    """The compose-spec package (the compose_spec Rust crate) also checks values: ports, durations,
+    device requests; it reads the file after interpolation, as docker compose does."""
+    from compose_spec import PyCompose
+
+    compose = PyCompose.from_yaml(_interpolate_defaults((ROOT / path).read_text()))
+    assert set(compose.service_names()) == set(_load_yaml(path)["services"])
+    with pytest.raises(ValueError, match="start_period"):
+        PyCompose.from_yaml(
+            _interpolate_defaults((ROOT / path).read_text()).replace("start_period: 120s", "start_period: soon")
+        )
 
 
 def test_compose_schema_rejects_a_mistake():
