@@ -247,6 +247,7 @@ def test_hpa_scales_on_the_adapter_metric(rendered):
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "haste"}
         assert deployment["metadata"]["name"] == "haste"
+        assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
         (metric,) = hpa["spec"]["metrics"]
         assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] in served
         assert metric["pods"]["target"]["type"] == "AverageValue"
