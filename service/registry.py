@@ -179,20 +179,22 @@ def load(name: str, settings: Settings, device: torch.device) -> ServedModel:
 
 
 def warm_up(served: ServedModel, settings: Settings, stop: Callable[[], bool] = lambda: False) -> None:
-    """Run every level at batch sizes 1 and max_batch_size (``warmup_rounds`` times each) on a fixed
-    random input, then time one batch-1 forward per level (``served.latency_ms``). Returns early if
-    ``stop()`` turns true."""
+    """Run every level at batch sizes 1 and max_batch_size (``warmup_rounds`` times each, and for at least
+    ``warmup_min_s`` seconds per level) on a fixed random input, then time one batch-1 forward per level
+    (``served.latency_ms``). Returns early if ``stop()`` turns true."""
     gen = torch.Generator().manual_seed(0)
     sizes = sorted({1, settings.max_batch_size})
     inputs = {n: torch.randn((n, *served.input_shape), generator=gen).to(served.device) for n in sizes}
     with torch.inference_mode():
         for level in haste.LEVELS:
+            start, rounds = time.perf_counter(), 0
             with haste.compression(level):
-                for n in sizes:
-                    for _ in range(settings.warmup_rounds):
+                while rounds < settings.warmup_rounds or time.perf_counter() - start < settings.warmup_min_s:
+                    for n in sizes:
                         if stop():
                             return
                         served.model(inputs[n])
+                    rounds += 1
         for level in haste.LEVELS:
             with haste.compression(level):
                 start = time.perf_counter()

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     warmup_rounds: int = Field(
         default=1, ge=1, description="Forward passes per level and batch size (1 and max_batch_size) at warm-up."
     )
+    warmup_min_s: float = Field(
+        default=0.0, ge=0, description="Keep warming each level for at least this many seconds (e.g. to settle clocks)."
+    )
     host: str = Field(default="127.0.0.1", description="Address `haste serve` binds (0.0.0.0 in containers).")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `haste serve` listens on.")
     log_level: str = Field(default="info", description="uvicorn log level.")

@@ -3,11 +3,18 @@ to it; see service_support.py."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
-import httpx
-import pytest
-from service_support import MODEL, Offline, Server
+# This directory is named like the package it tests and has no __init__.py, so with pytest's rootdir on
+# sys.path ``import service`` would find it as a namespace package; the repository root on sys.path makes
+# the real (regular) package win.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+from service_support import MODEL, Offline, Server  # noqa: E402
 
 NO_MODEL = "no trained reference model (haste train --model fmnist-resnet18)"
 

@@ -15,9 +15,9 @@ PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
 
 @pytest.fixture(scope="module")
 def slow_server():
-    """Warm-up of 8 rounds per level and batch size (well over 100 ms even with a fast engine), batches
-    of 2 that wait up to 1 s for a companion, and a 150 ms deadline: a lone request expires in the queue."""
-    srv = Server(warmup_rounds=8, max_batch_size=2, max_batch_delay_ms=1000, request_deadline_ms=150)
+    """Warm-up of at least 0.5 s per level, batches of 2 that wait up to 1 s for a companion, and a
+    150 ms deadline: a lone request expires in the queue."""
+    srv = Server(warmup_min_s=0.5, max_batch_size=2, max_batch_delay_ms=1000, request_deadline_ms=150)
     yield srv
     srv.stop()
 

@@ -1,0 +1,99 @@
+"""Settings from HASTE_* variables, app factory isolation (one metrics registry per app), CLI registration,
+and the decoder's caps on real files. In process, no server."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
+from service_support import FIXTURES, MANIFEST
+
+from haste.zoo.registry import FMNIST_SPEC
+from service import Settings, cli, create_app
+from service.decode import Limits, decode, sniff, to_input
+from service.errors import ServiceError
+from service.metrics import batch_buckets
+
+
+def test_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("HASTE_MODELS", "fmnist-resnet18, fmnist-resnet34")
+    monkeypatch.setenv("HASTE_DEFAULT_LEVEL", "high")
+    monkeypatch.setenv("HASTE_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("HASTE_MAX_BATCH_DELAY_MS", "2.5")
+    monkeypatch.setenv("HASTE_DEVICE", "cpu")
+    s = Settings()
+    assert s.models == ["fmnist-resnet18", "fmnist-resnet34"] and s.default_model == "fmnist-resnet18"
+    assert s.default_level == "high" and s.max_batch_size == 16 and s.max_batch_delay_s == 0.0025
+    monkeypatch.setenv("HASTE_MODELS", '["resnet50:IMAGENET1K_V2"]')
+    assert Settings().models == ["resnet50:IMAGENET1K_V2"]
+
+
+def test_defaults_serve_the_resnet34_reference_model(monkeypatch):
+    for name in ("HASTE_MODELS", "HASTE_DEFAULT_MODEL", "HASTE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings()
+    assert s.models == ["fmnist-resnet34"] and s.default_model == "fmnist-resnet34" and s.port == 8000
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"default_level": "max"}, "level must be one of off, low, medium, high"),
+        ({"models": []}, "at least one model"),
+        ({"models": ["a", "b"], "default_model": "c"}, "is not one of models"),
+        ({"max_batch_size": 0}, "greater than or equal to 1"),
+        ({"device": "tpu"}, "auto"),
+    ],
+)
+def test_bad_settings_say_what_is_accepted(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        Settings(**kwargs)
+
+
+def test_apps_have_their_own_metrics_registries():
+    apps = [create_app(Settings(models=["fmnist-resnet18"])) for _ in range(2)]
+    first, second = (app.state.service.metrics for app in apps)
+    first.requests.labels("m", "high", "200").inc()
+    text = second.render()[0].decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "haste_requests" in families and not families["haste_requests"].samples
+    assert families["haste_ready"].samples[0].value == 0.0  # not started: not ready
+
+
+def test_serve_subcommand_is_registered():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    cli.add_command(sub)
+    args = parser.parse_args(["serve", "--host", "0.0.0.0", "--port", "9000"])
+    assert args.func is cli._run and args.host == "0.0.0.0" and args.port == 9000
+
+
+def test_batch_size_buckets():
+    assert batch_buckets(8) == (1.0, 2.0, 4.0, 8.0)
+    assert batch_buckets(12) == (1.0, 2.0, 4.0, 8.0, 12.0)
+    assert batch_buckets(1) == (1.0,)
+
+
+def test_decoder_formats_and_caps():
+    png = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
+    assert sniff(png) == "PNG" and sniff((FIXTURES / "photo-chelsea.jpg").read_bytes()) == "JPEG"
+    assert sniff((FIXTURES / "fmnist-0019-t-shirt-top.webp").read_bytes()) == "WEBP"
+    assert decode(png).size == (28, 28)
+    assert to_input(png, FMNIST_SPEC).shape == (1, 32, 32)
+    # the EXIF-rotated photo comes out upright: same size as the original JPEG
+    assert decode((FIXTURES / "photo-chelsea-exif6.png").read_bytes()).size == (451, 300)
+    with pytest.raises(ServiceError) as bomb:
+        decode((FIXTURES / "bomb-8000x8000.png").read_bytes())
+    assert bomb.value.status == 413 and "64000000 pixels" in bomb.value.message
+    with pytest.raises(ServiceError) as small:
+        decode(png, Limits(min_side=29))
+    assert small.value.code == "invalid_image"
+    buf = io.BytesIO()
+    Image.new("L", (64, 64)).save(buf, format="GIF")
+    with pytest.raises(ServiceError) as gif:
+        decode(buf.getvalue())
+    assert gif.value.code == "unsupported_media_type"
