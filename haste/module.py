@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import engine
 from . import levels as _levels
 from .flops import haste_flops
-from .functional import conv_padding, haste_conv2d
+from .functional import conv_padding
 from .lsh import sample_hyperplanes
 from .profile import active
+from .tiles import geometry
 
 
 class HasteConv2d(nn.Module):
@@ -54,10 +56,20 @@ class HasteConv2d(nn.Module):
         planes = sample_hyperplanes(max_hyperplanes, region[0] * region[1], family=hash, sparsity=sparsity, seed=seed)
         self.register_buffer("planes", planes.to(conv.weight.device, conv.weight.dtype), persistent=False)
         # Additions per channel for the first L planes (projection cost), precomputed per L.
+        self._layout_cache = None
         self._nnz = [0, *torch.count_nonzero(planes, dim=1).cumsum(0).tolist()]
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, hash={self.hash}, sparsity={self.sparsity:.3g}, levels={self.levels}"
+
+    def _weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight in the CPU kernel's layout, cached until the weight changes (in place or replaced)."""
+        key = (weight.data_ptr(), weight._version)
+        cached = self._layout_cache
+        if cached is None or cached[0] != key:
+            cached = (key, engine.weight_layout(weight))
+            self._layout_cache = cached
+        return cached[1]
 
     def hyperplanes(self, setting: _levels.Setting | None = None) -> int:
         """Hyperplanes this layer uses for ``setting`` (default: the current context's); 0 = dense."""
@@ -70,7 +82,8 @@ class HasteConv2d(nn.Module):
         hyperplanes = self.hyperplanes()
         collector = active()
         if hyperplanes == 0:
-            y = self.conv(x)
+            conv = self.conv
+            y = conv._conv_forward(x, conv.weight, conv.bias)  # what conv(x) runs, without a 2nd module call
             if collector is not None:
                 kh, kw = self.conv.kernel_size
                 per = torch.full(
@@ -86,18 +99,25 @@ class HasteConv2d(nn.Module):
             raise ValueError(
                 f"{self.name or 'HasteConv2d'} expects {self.conv.in_channels} input channels; got {x.shape[1]}"
             )
-        result = haste_conv2d(
+        weight = self.conv.weight
+        name = engine.choose(x, weight)
+        result = engine.conv2d(
             x,
-            self.conv.weight,
+            weight,
             self.conv.bias,
             stride=self.conv.stride,
             padding=self.padding,
             patch=self.patch_size,
             planes=self.planes[:hyperplanes],
+            engine=name,
+            weight_t=self._weight_layout(weight) if name == "cpu" else None,
         )
         if collector is not None:
+            geo = result.geometry or geometry(
+                tuple(x.shape[2:]), self.conv.kernel_size, self.conv.stride, self.padding, self.patch_size
+            )
             dense, executed, overhead = haste_flops(
-                result.geometry,
+                geo,
                 result.groups,
                 c_in=self.conv.in_channels,
                 c_out=self.conv.out_channels,

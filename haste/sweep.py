@@ -100,7 +100,15 @@ def run_point(
     row = {**options, "schedule": schedule, "seed": seed, "hyperplanes": hyperplanes}
     row.update(summarise(dense_preds, preds, labels, report, layers=False))
     row["layers"] = {
-        name: {"saving": s.saving, "hyperplanes": s.hyperplanes, "mean_buckets": s.mean_buckets, "channels": s.channels}
+        name: {
+            "flops_dense": s.dense_flops,
+            "flops_executed": s.executed_flops,
+            "flops_overhead": s.overhead_flops,
+            "saving": s.saving,
+            "hyperplanes": s.hyperplanes,
+            "mean_buckets": s.mean_buckets,
+            "channels": s.channels,
+        }
         for name, s in report.layers.items()
         if s.kind == "haste"
     }

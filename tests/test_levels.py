@@ -119,8 +119,8 @@ def test_threads_at_different_levels_match_single_runs():
         def run(level, hp):
             try:
                 barrier.wait()
-                for _ in range(3):
-                    with haste.compression(level, hyperplanes=hp):
+                for _ in range(3):  # grad mode is per thread, like the level
+                    with torch.no_grad(), haste.compression(level, hyperplanes=hp):
                         y = model(x)
                     results.setdefault((level, hp), []).append(y)
             except Exception as exc:  # pragma: no cover - reported below

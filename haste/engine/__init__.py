@@ -1,0 +1,148 @@
+"""Execution engines for the HASTE convolution, chosen per call by device and autograd state:
+
+- ``cpu``: a fused C++ kernel (haste_cpu.cpp), compiled on first use with torch's cpp_extension (gcc,
+  OpenMP, MKL's sgemm through libtorch), parallel over tiles. Used for float32 CPU inference.
+- ``reference``: the vectorised PyTorch implementation (haste/functional.py). Used on CUDA, for other
+  dtypes, when gradients are needed, or when the CPU kernel cannot be built (the reason is kept in
+  ``engine.unavailable``).
+
+Both give the same codes, buckets and outputs (tests/test_engine.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..functional import Result, haste_conv2d
+
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"]
+_lock = threading.Lock()
+_module = None
+unavailable: str | None = None
+
+
+def _load():
+    """Compile (once per machine; cached by torch in TORCH_EXTENSIONS_DIR) and import the CPU kernel."""
+    global _module, unavailable
+    if _module is not None or unavailable is not None:
+        return _module
+    with _lock:
+        if _module is None and unavailable is None:
+            if os.environ.get("HASTE_ENGINE", "").lower() == "reference":
+                unavailable = "disabled by HASTE_ENGINE=reference"
+                return None
+            try:
+                from torch.utils.cpp_extension import load
+
+                _module = load(
+                    "haste_cpu",
+                    [str(Path(__file__).with_name("haste_cpu.cpp"))],
+                    extra_cflags=_CFLAGS,
+                    extra_ldflags=["-fopenmp"],
+                    verbose=False,
+                )
+            except Exception as exc:  # a missing compiler or headers: fall back, say why
+                unavailable = f"{type(exc).__name__}: {exc}"
+    return _module
+
+
+STAGES = ("region", "hash", "bucket", "merge", "im2col", "gemm", "write")
+
+
+def profiling_kernel():
+    """The CPU kernel built with per-stage timers (-DHASTE_PROFILE), for ``haste bench --stages``."""
+    from torch.utils.cpp_extension import load
+
+    return load(
+        "haste_cpu_profile",
+        [str(Path(__file__).with_name("haste_cpu.cpp"))],
+        extra_cflags=[*_CFLAGS, "-DHASTE_PROFILE"],
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
+
+
+def cpu_kernel_available() -> bool:
+    """Whether the fused CPU kernel is built (building it on first call)."""
+    return _load() is not None
+
+
+ENGINES = ("cpu", "reference")
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("haste_engine", default=None)
+
+
+@contextlib.contextmanager
+def forced(name: str) -> Iterator[None]:
+    """Use engine ``name`` (``cpu`` or ``reference``) for the HASTE convs run in this context, where it
+    applies (``cpu`` still needs float32 CPU tensors without gradients)."""
+    if name not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {name!r}")
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def choose(x: torch.Tensor, weight: torch.Tensor) -> str:
+    """The engine for this call: ``cpu`` or ``reference`` (see the module docstring)."""
+    if _forced.get() == "reference":
+        return "reference"
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and _load() is not None
+    ):
+        return "cpu"
+    return "reference"
+
+
+def weight_layout(weight: torch.Tensor) -> torch.Tensor:
+    """The conv weight (O, C, kh, kw) laid out for the CPU kernel: (C, kh*kw, O), contiguous."""
+    o, c, kh, kw = weight.shape
+    return weight.detach().permute(1, 2, 3, 0).reshape(c, kh * kw, o).contiguous()
+
+
+def conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    patch: int,
+    planes: torch.Tensor,
+    engine: str | None = None,
+    weight_t: torch.Tensor | None = None,
+) -> Result:
+    """HASTE convolution with the engine chosen by ``choose`` (or forced by ``engine``).
+
+    ``weight_t`` is ``weight_layout(weight)`` if the caller caches it. The CPU engine returns the
+    Result without geometry (``geometry=None``; compute it with ``haste.tiles.geometry`` if needed).
+    """
+    engine = engine or choose(x, weight)
+    if engine == "reference":
+        return haste_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes)
+    if engine != "cpu" or _load() is None:
+        raise ValueError(f"engine must be 'cpu' or 'reference' (cpu unavailable: {unavailable}); got {engine!r}")
+    kh, kw = weight.shape[2:]
+    y, groups = _module.haste_conv2d_cpu(
+        x.contiguous(),
+        weight_layout(weight) if weight_t is None else weight_t,
+        _EMPTY if bias is None else bias.detach(),
+        planes.contiguous(),
+        kh, kw, stride[0], stride[1], *padding, patch,
+    )  # fmt: skip
+    return Result(y, None, groups)
+
+
+_EMPTY = torch.empty(0)

@@ -1,0 +1,80 @@
+"""The fused CPU engine gives the reference implementation's buckets and outputs."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import haste
+from haste import engine
+from haste.functional import conv_padding
+from haste.lsh import sample_hyperplanes
+
+pytestmark = pytest.mark.skipif(not engine.cpu_kernel_available(), reason=f"CPU kernel: {engine.unavailable}")
+
+CASES = [
+    # c_in, c_out, kernel, stride, padding, size, patch, hyperplanes, family
+    (16, 8, 3, 1, 1, (17, 13), 4, 7, "ternary"),
+    (32, 16, 3, 2, 1, (16, 16), 4, 10, "gaussian"),
+    (64, 40, 1, 1, 0, (9, 9), 3, 6, "ternary"),
+    (16, 16, 5, 1, 2, (12, 20), 8, 12, "ternary"),
+    (32, 8, 7, 2, 3, (23, 19), 2, 5, "ternary"),
+    (8, 33, (3, 5), (1, 2), (0, 2), (11, 14), 4, 20, "ternary"),
+    (64, 16, 3, 1, 1, (4, 4), 8, 40, "gaussian"),
+]
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "k", "stride", "pad", "size", "patch", "hyperplanes", "family"), CASES)
+def test_cpu_engine_matches_reference(c_in, c_out, k, stride, pad, size, patch, hyperplanes, family):
+    """Integer-valued inputs make every projection exact, so both engines must find the same codes."""
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad)
+    x = torch.randint(-3, 4, (3, c_in, *size)).float()
+    region = ((patch - 1) * conv.stride[0] + conv.kernel_size[0]) * ((patch - 1) * conv.stride[1] + conv.kernel_size[1])
+    planes = sample_hyperplanes(hyperplanes, region, family="ternary", seed=1)
+    if family == "gaussian":  # integer-valued Gaussian-like planes keep the projections exact
+        planes = torch.round(sample_hyperplanes(hyperplanes, region, family="gaussian", seed=1) * 3)
+    args = dict(stride=conv.stride, padding=conv_padding(conv), patch=patch, planes=planes)
+    with torch.no_grad():
+        ref = engine.conv2d(x, conv.weight, conv.bias, engine="reference", **args)
+        cpu = engine.conv2d(x, conv.weight, conv.bias, engine="cpu", **args)
+    assert torch.equal(ref.groups, cpu.groups.to(torch.int64))
+    torch.testing.assert_close(cpu.output, ref.output, rtol=1e-5, atol=1e-5)
+
+
+def test_model_outputs_agree_and_engine_is_used():
+    model = haste.convert(torchvision.models.resnet18(num_classes=10).eval())
+    x = torch.randn(2, 3, 48, 40)
+    conv = model.layer1[0].conv1
+    with torch.no_grad(), haste.compression("medium"):
+        assert engine.choose(x, conv.conv.weight) == "cpu"
+        fast = model(x)
+    with torch.no_grad(), haste.compression("medium"), engine.forced("reference"):
+        assert engine.choose(x, conv.conv.weight) == "reference"
+        slow = model(x)
+    with pytest.raises(ValueError, match="engine must be one of cpu, reference"):
+        with engine.forced("gpu"):
+            pass
+    # float inputs: a projection within rounding of zero may flip a bit, so compare predictions
+    assert (fast.argmax(1) == slow.argmax(1)).all()
+    torch.testing.assert_close(fast, slow, rtol=0.05, atol=0.05)
+
+
+def test_gradients_use_the_reference_engine():
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    wrapper = haste.HasteConv2d(conv)
+    x = torch.randn(1, 8, 9, 9, requires_grad=True)
+    assert engine.choose(x, conv.weight) == "reference"
+    with haste.compression("high"):
+        wrapper(x).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_weight_changes_invalidate_the_cached_layout():
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    wrapper = haste.HasteConv2d(conv)
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad(), haste.compression("low"):
+        before = wrapper(x)
+        conv.weight.mul_(2)
+        after = wrapper(x)
+    torch.testing.assert_close(after - conv.bias[None, :, None, None], 2 * (before - conv.bias[None, :, None, None]))
