@@ -100,6 +100,9 @@ def test_dockerfile_builds_both_variants_as_non_root_with_healthcheck():
     assert "/readyz" in (ROOT / "docker" / "healthcheck.py").read_text()
     instructions = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert "--workers" not in instructions  # one process per container: metrics are per process
+    if _importable("service.settings"):
+        unknown = set(re.findall(r"\b(HASTE_\w+)=", instructions)) - _setting_variables() - LIBRARY_VARIABLES
+        assert not unknown, f"not settings of service/settings.py: {sorted(unknown)}"
     ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text()
     for source in re.findall(r"^COPY (?!--)(\S+)", text, re.M):
         top = source.split("/")[0]
