@@ -65,14 +65,23 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W); got {input_shape!r}")
     total = 0
 
+    from .module import HasteConv2d  # a HASTE layer counts as its (dense) conv
+
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         nonlocal total
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, HasteConv2d):
+            total += conv_flops(module.conv, output)
+        elif isinstance(module, nn.Conv2d):
             total += conv_flops(module, output)
         elif isinstance(module, nn.Linear):
             total += linear_flops(module, output)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    inner = {id(m.conv) for m in model.modules() if isinstance(m, HasteConv2d)}
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear, HasteConv2d)) and id(m) not in inner
+    ]
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
