@@ -1,19 +1,23 @@
 """Dynamic batching: one worker thread per model runs batches keyed by level, off the event loop.
 
 Requests wait in a bounded per-model queue (one FIFO per level). The worker takes the level whose oldest
-request has waited longest and runs it as soon as ``max_batch_size`` requests of that level are waiting
-or the oldest has waited ``max_batch_delay``. Requests past their deadline, or abandoned by their handler,
-are dropped before execution. The level is set with ``haste.compression`` inside the worker, and
-per-image FLOPs come from ``haste.profile``.
+request has waited longest and runs it as soon as ``max_batch_size`` requests of that level are waiting,
+the oldest has waited ``max_batch_delay``, or no other request of that level is on its way (admitted and
+still being read or decoded): waiting cannot grow the batch then, so a lone request does not pay the
+delay. Requests past their deadline, or abandoned by their handler, are dropped before execution. The
+level is set with ``haste.compression`` inside the worker; per-image FLOPs come from ``haste.profile``
+(level off runs unprofiled: its FLOPs are the dense count, measured once at start).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -79,8 +83,10 @@ class Batcher:
         self.metrics = metrics
         self._cond = threading.Condition()
         self._queues: dict[str, deque[Job]] = {level: deque() for level in haste.LEVELS}
+        self._incoming: dict[str, int] = dict.fromkeys(haste.LEVELS, 0)
         self._size = 0
         self._stopping = False
+        self._dense_flops: float | None = None
         self.warm = threading.Event()
         self.failed: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"haste-batcher-{served.name}", daemon=True)
@@ -104,6 +110,18 @@ class Batcher:
         for job in leftovers:
             job.resolve(error=ServiceError("not_ready", "the server is shutting down"))
         self._thread.join(timeout)
+
+    @contextlib.contextmanager
+    def arriving(self, level: str) -> Iterator[None]:
+        """Announce a request of ``level`` that will be submitted (or fail) inside the block."""
+        with self._cond:
+            self._incoming[level] += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._incoming[level] -= 1
+                self._cond.notify()
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` or raise ServiceError(queue_full) with Retry-After."""
@@ -138,6 +156,7 @@ class Batcher:
             return
         if self._stopping:
             return
+        self._dense_flops = self._measure_dense_flops()
         self.warm.set()
         while True:
             batch = self._next_batch()
@@ -165,7 +184,7 @@ class Batcher:
                 oldest, level = min(heads)
                 queue = self._queues[level]
                 wait = oldest + delay - time.monotonic()
-                if len(queue) < max_batch and wait > 0:
+                if len(queue) < max_batch and wait > 0 and self._incoming[level] > 0:
                     self._cond.wait(wait)
                     continue
                 now = time.monotonic()
@@ -182,17 +201,29 @@ class Batcher:
                 if jobs:
                     return level, jobs
 
+    def _measure_dense_flops(self) -> float:
+        """Dense multiply-adds per image (level off), from one profiled forward."""
+        x = torch.zeros((1, *self.served.input_shape), device=self.served.device)
+        with torch.inference_mode(), haste.compression("off"), haste.profile(self.served.model) as report:
+            self.served.model(x)
+        return report.per_image[0][0]
+
     def _execute(self, level: str, jobs: list[Job]) -> None:
         """One forward pass of ``jobs`` at ``level``; resolve every job with its Result."""
         start = time.monotonic()
         name, model = self.served.name, self.served.model
         x = torch.stack([job.inputs for job in jobs]).to(self.served.device)
         t0 = time.perf_counter()
-        with torch.inference_mode(), haste.compression(level), haste.profile(model) as report:
-            logits = model(x)
+        with torch.inference_mode(), haste.compression(level):
+            if level == "off" and self._dense_flops is not None:
+                logits = model(x)
+                rows = [(self._dense_flops, self._dense_flops, 0.0)] * len(jobs)
+            else:
+                with haste.profile(model) as report:
+                    logits = model(x)
+                rows = report.per_image
         probs = logits.float().softmax(dim=1).cpu()
         seconds = time.perf_counter() - t0
-        rows = report.per_image
         if len(rows) != len(jobs):  # should not happen: one forward of the whole model per batch
             raise RuntimeError(f"profile recorded {len(rows)} images for a batch of {len(jobs)}")
         self.metrics.observe_batch(name, level, len(jobs), seconds)

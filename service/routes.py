@@ -118,16 +118,18 @@ async def classify(
     state.check_ready()
     start = request.state.started
     deadline = time.monotonic() + settings.request_deadline_s
+    batcher = state.batchers[name]
     with state.admit(name):
-        data = await read_image(request, settings.max_bytes)
-        t0 = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        inputs = await loop.run_in_executor(state.decoder, to_input, data, served.spec, state.limits)
-        decode_s = time.perf_counter() - t0
-        if time.monotonic() >= deadline:
-            raise ServiceError("timeout", "request deadline passed while the image was read and decoded")
-        job = Job(inputs=inputs, level=level, deadline=deadline, future=loop.create_future(), loop=loop)
-        state.batchers[name].submit(job)
+        with batcher.arriving(level):
+            data = await read_image(request, settings.max_bytes)
+            t0 = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            inputs = await loop.run_in_executor(state.decoder, to_input, data, served.spec, state.limits)
+            decode_s = time.perf_counter() - t0
+            if time.monotonic() >= deadline:
+                raise ServiceError("timeout", "request deadline passed while the image was read and decoded")
+            job = Job(inputs=inputs, level=level, deadline=deadline, future=loop.create_future(), loop=loop)
+            batcher.submit(job)
         try:
             result = await asyncio.wait_for(job.future, timeout=max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
