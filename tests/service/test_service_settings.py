@@ -4,19 +4,23 @@ and the decoder's caps on real files. In process, no server."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from service_support import FIXTURES, MANIFEST
 
 from haste.zoo.registry import FMNIST_SPEC
-from service import Settings, cli, create_app
+from service import Settings, cli, create_app, errors
 from service.decode import Limits, decode, sniff, to_input
 from service.errors import ServiceError
 from service.metrics import batch_buckets
+from service.middleware import RequestIdMiddleware
 
 
 def test_settings_from_environment(monkeypatch):
@@ -97,3 +101,29 @@ def test_decoder_formats_and_caps():
     with pytest.raises(ServiceError) as gif:
         decode(buf.getvalue())
     assert gif.value.code == "unsupported_media_type"
+
+
+def test_unexpected_errors_are_masked_with_the_request_id():
+    """The app's error plumbing (middleware + handlers) on a route that fails: a 500 in the common shape
+    that does not leak the exception text."""
+    app = FastAPI()
+    errors.install(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("secret internal detail")
+
+    async def call():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await c.get("/boom", headers={"X-Request-ID": "req-1"})
+
+    response = asyncio.run(call())
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "internal error; quote the request_id when reporting it",
+        "code": "internal_error",
+        "request_id": "req-1",
+    }
+    assert response.headers["x-request-id"] == "req-1"
