@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from service_support import FIXTURES, MANIFEST
 
+from haste.cli import build_parser
 from haste.zoo.registry import FMNIST_SPEC
 from service import Settings, cli, create_app, errors
 from service.decode import Limits, decode, sniff, to_input
@@ -69,6 +70,7 @@ def test_apps_have_their_own_metrics_registries():
 
 
 def test_serve_subcommand_is_registered():
+    assert build_parser().parse_args(["serve", "--port", "8001"]).func is cli._run  # the `haste` command
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     cli.add_command(sub)
