@@ -91,10 +91,6 @@ class Batcher:
         self.failed: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"haste-batcher-{served.name}", daemon=True)
 
-    @property
-    def depth(self) -> int:
-        return self._size
-
     def start(self) -> None:
         self._thread.start()
 
