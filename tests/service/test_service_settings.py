@@ -129,3 +129,10 @@ def test_unexpected_errors_are_masked_with_the_request_id():
         "request_id": "req-1",
     }
     assert response.headers["x-request-id"] == "req-1"
+
+
+def test_readme_configuration_table_lists_every_setting():
+    readme = (FIXTURES.parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Service") :]
+    for name in Settings.model_fields:
+        assert f"| `HASTE_{name.upper()}` |" in section, name
