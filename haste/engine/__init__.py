@@ -136,7 +136,7 @@ def conv2d(
         raise ValueError(f"engine must be 'cpu' or 'reference' (cpu unavailable: {unavailable}); got {engine!r}")
     kh, kw = weight.shape[2:]
     y, groups = _module.haste_conv2d_cpu(
-        x.contiguous(),
+        x,  # NCHW or channels-last; the kernel handles both
         weight_layout(weight) if weight_t is None else weight_t,
         _EMPTY if bias is None else bias.detach(),
         planes.contiguous(),

@@ -1,13 +1,14 @@
 // Fused HASTE convolution for CPU: one pass per (image, tile), parallel over tiles.
 //
-// For every P x P output tile: take the (P-1)*S+k input region of every channel (read in place for
-// interior tiles, copied with zeros for tiles at the border), project it on the first L hyperplanes
-// (a sparse weighted sum over the non-zero entries: additions only for ternary planes), centre the
-// projections across channels, turn signs into integer codes, sort the codes into buckets, average
-// the inputs and sum the filter rows of every bucket, and multiply the merged channels with the
-// merged filters for the tile's valid output pixels only, in a register-blocked micro-kernel that
-// reads the merged regions in place (implicit im2col). The codes and buckets are those of the
-// reference implementation (haste/functional.py).
+// The input is zero-padded once (conv padding plus the bottom/right tile padding), so every tile
+// reads its (P-1)*S+k region of every channel in place. Per tile: project every channel on the
+// first L hyperplanes (all L projections of a channel in vector registers, four channels at a time),
+// centre the projections across channels, turn signs into integer codes, group equal codes into
+// buckets (a stamped lookup table; a sort when L is large), average the inputs and sum the filter
+// rows of every bucket with full-vector rows, and multiply the merged channels with the merged
+// filters for the tile's valid output pixels only, in a register-blocked micro-kernel that reads the
+// merged regions in place (implicit im2col). Codes and bucket counts equal those of the reference
+// implementation (haste/functional.py); buckets are numbered in first-occurrence order.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -16,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -99,27 +101,44 @@ void grow(std::vector<T>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(n);
 }
 
-struct Scratch {
-  std::vector<float> region, proj, merged, filters, out;
-  std::vector<int64_t> codes;
-  std::vector<int> order, bucket, count, base, off;
-  std::vector<const float*> ptr;
-};
-
-// Projections of one channel region on L <= 16*NV planes at once: proj[0..16*NV) in NV registers,
-// one broadcast multiply-add per region pixel. rt is the planes transposed: (rh*rw, 16*NV), zero-padded.
-template <int NV>
-inline void project(const float* r, int64_t rs, int64_t rh, int64_t rw, const float* rt, float* proj) {
-  v16 acc[NV];
-  for (int v = 0; v < NV; ++v) acc[v] = v16{};
+// Projections of NC channel regions on L <= 16*NV planes: NC*NV independent accumulators, one
+// broadcast multiply-add per region pixel and register. rt: planes transposed (rh*rw, 16*NV).
+template <int NC, int NV>
+inline void project(const float* const* r, int64_t rs, int64_t rh, int64_t rw, const float* rt, float* proj) {
+  v16 acc[NC][NV];
+  for (int a = 0; a < NC; ++a)
+    for (int v = 0; v < NV; ++v) acc[a][v] = v16{};
   for (int64_t ry = 0; ry < rh; ++ry)
     for (int64_t rx = 0; rx < rw; ++rx) {
-      const float val = r[ry * rs + rx];
       const float* row = rt + (ry * rw + rx) * 16 * NV;
-      for (int v = 0; v < NV; ++v) acc[v] += val * load16(row + 16 * v);
+      v16 pl[NV];
+      for (int v = 0; v < NV; ++v) pl[v] = load16(row + 16 * v);
+      for (int a = 0; a < NC; ++a) {
+        const float val = r[a][ry * rs + rx];
+        for (int v = 0; v < NV; ++v) acc[a][v] += val * pl[v];
+      }
     }
-  for (int v = 0; v < NV; ++v) store16(proj + 16 * v, acc[v]);
+  for (int a = 0; a < NC; ++a)
+    for (int v = 0; v < NV; ++v) store16(proj + (a * NV + v) * 16, acc[a][v]);
 }
+
+template <int NV>
+void project_all(const float* const* ptr, int64_t c, int64_t rs, int64_t rh, int64_t rw, const float* rt,
+                 float* proj) {
+  int64_t ch = 0;
+  for (; ch + 4 <= c; ch += 4) project<4, NV>(ptr + ch, rs, rh, rw, rt, proj + ch * 16 * NV);
+  for (; ch < c; ++ch) project<1, NV>(ptr + ch, rs, rh, rw, rt, proj + ch * 16 * NV);
+}
+
+struct Scratch {
+  std::vector<float> proj, merged, filters, out;
+  std::vector<int64_t> codes, stamp;
+  std::vector<int> order, bucket, count, first, base, off, table;
+  std::vector<const float*> ptr;
+  int64_t tick = 0;
+};
+
+constexpr int64_t kTableBits = 14;  // lookup-table bucketing up to 14 hyperplanes, sorting beyond
 
 }  // namespace
 
@@ -130,7 +149,9 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
                                             torch::Tensor planes, int64_t kh, int64_t kw, int64_t sh,
                                             int64_t sw, int64_t pad_l, int64_t pad_r, int64_t pad_t,
                                             int64_t pad_b, int64_t patch) {
-  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.scalar_type() == torch::kFloat, "x: contiguous float NCHW");
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat, "x: float NCHW");
+  const bool nhwc = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  if (!nhwc) x = x.contiguous();
   TORCH_CHECK(wt.is_contiguous() && planes.is_contiguous(), "wt and planes must be contiguous");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t kk = kh * kw, o = wt.size(2), L = planes.size(0);
@@ -142,9 +163,55 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   TORCH_CHECK(L >= 1 && L <= 62, "1..62 hyperplanes");
   TORCH_CHECK(c >= 1 && patch >= 1, "empty input or patch");
   const int64_t th = (hout + patch - 1) / patch, tw = (wout + patch - 1) / patch, tiles = th * tw;
-  auto y = torch::empty({n, o, hout, wout}, x.options());
+  // 0. pad once: rows/cols the tiles need, zeros outside the image; slack for full-vector over-reads
+  const int64_t hp = (th * patch - 1) * sh + kh, wp = (tw * patch - 1) * sw + kw;
+  const int64_t rwp = (rw + 15) / 16 * 16;  // merged-region row stride: whole vectors
+  // uninitialised: the image area is copied below, only the border is zeroed
+  std::unique_ptr<float[]> xp_buf(new float[n * c * hp * wp + rwp]);
+  float* xpd = xp_buf.get();
+  std::fill(xpd + n * c * hp * wp, xpd + n * c * hp * wp + rwp, 0.f);
+  const float* X = x.data_ptr<float>();  // after the layout check below
+  const int64_t x0 = std::max<int64_t>(0, -pad_l), x1 = std::min(w, wp - pad_l);
+  const int64_t y0 = std::max<int64_t>(0, -pad_t), y1 = std::min(h, hp - pad_t);
+  at::parallel_for(0, n * c, 16, [&](int64_t b0, int64_t b1) {  // zero the border of every plane
+    for (int64_t p = b0; p < b1; ++p) {
+      float* plane = xpd + p * hp * wp;
+      for (int64_t yy = 0; yy < hp; ++yy) {
+        float* row = plane + yy * wp;
+        const int64_t iy = yy - pad_t;
+        if (iy < y0 || iy >= y1 || x1 <= x0) {
+          std::fill(row, row + wp, 0.f);
+          continue;
+        }
+        std::fill(row, row + x0 + pad_l, 0.f);
+        std::fill(row + x1 + pad_l, row + wp, 0.f);
+      }
+    }
+  });
+  if (nhwc) {  // channels-last input (the output of a previous HASTE layer): transpose while padding
+    at::parallel_for(0, n * h, 4, [&](int64_t b0, int64_t b1) {
+      for (int64_t p = b0; p < b1; ++p) {
+        const int64_t img = p / h, iy = p % h;
+        if (iy < y0 || iy >= y1) continue;
+        for (int64_t ix = x0; ix < x1; ++ix) {
+          const float* src = X + ((img * h + iy) * w + ix) * c;
+          float* dst = xpd + (img * c * hp + iy + pad_t) * wp + ix + pad_l;
+          for (int64_t ch = 0; ch < c; ++ch) dst[ch * hp * wp] = src[ch];
+        }
+      }
+    });
+  } else {
+    at::parallel_for(0, n * c, 16, [&](int64_t b0, int64_t b1) {
+      for (int64_t p = b0; p < b1; ++p)
+        for (int64_t iy = y0; iy < y1; ++iy)
+          if (x1 > x0)
+            std::memcpy(xpd + (p * hp + iy + pad_t) * wp + x0 + pad_l, X + (p * h + iy) * w + x0,
+                        (x1 - x0) * sizeof(float));
+    });
+  }
+  // output channels-last (N, Hout, Wout, O) memory, returned as a logical NCHW tensor
+  auto y = torch::empty({n, hout, wout, o}, x.options());
   auto groups = torch::empty({n * tiles}, x.options().dtype(torch::kInt));
-  const float* X = x.data_ptr<float>();
   const float* WT = wt.data_ptr<float>();
   const float* B = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* Y = y.data_ptr<float>();
@@ -155,138 +222,146 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   const float* R = planes.data_ptr<float>();
   for (int64_t l = 0; l < L; ++l)
     for (int64_t i = 0; i < d; ++i) rt[i * 16 * nv + l] = R[l * d + i];
+  const bool use_table = L <= kTableBits;
+  const int64_t fo = kk * o;  // floats per filter row block of one channel
 
   at::parallel_for(0, n * tiles, 1, [&](int64_t begin, int64_t end) {
     // Per-thread buffers kept across calls: they only grow, and are never zero-filled in bulk.
     thread_local Scratch s;
-    grow(s.region, c * d);
     grow(s.proj, c * 16 * nv);
     grow(s.codes, c);
     grow(s.order, c);
     grow(s.bucket, c);
-    grow(s.count, c);
+    grow(s.count, c + 1);
+    grow(s.first, c + 1);
     grow(s.ptr, c);
-    grow(s.merged, c * d);
-    grow(s.filters, c * kk * o);
+    grow(s.merged, c * rh * rwp);
+    grow(s.filters, c * fo);
     grow(s.out, patch * patch * o);
     grow(s.base, patch * patch);
     grow(s.off, c * kk);
+    if (use_table) {
+      grow(s.table, int64_t{1} << kTableBits);
+      grow(s.stamp, int64_t{1} << kTableBits);
+    }
     float mean[64];
-    static_assert(sizeof(v16) == 64, "v16 is 16 floats");
     for (int64_t t = begin; t < end; ++t) {
       STAGE_START
       const int64_t img = t / tiles, ty = (t % tiles) / tw, tx = t % tw;
       const int64_t oy0 = ty * patch, ox0 = tx * patch;
       const int64_t vh = std::min(patch, hout - oy0), vw = std::min(patch, wout - ox0);
-      const int64_t iy0 = oy0 * sh - pad_t, ix0 = ox0 * sw - pad_l;
-      // 1. region of every channel: in place when inside the image, else a zero-padded copy
-      const float* xi = X + img * c * h * w;
-      const bool inside = iy0 >= 0 && ix0 >= 0 && iy0 + rh <= h && ix0 + rw <= w;
-      const int64_t rs = inside ? w : rw;
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const float* xc = xi + ch * h * w;
-        if (inside) {
-          s.ptr[ch] = xc + iy0 * w + ix0;
-          continue;
-        }
-        float* r = s.region.data() + ch * d;
-        s.ptr[ch] = r;
-        for (int64_t ry = 0; ry < rh; ++ry) {
-          const int64_t iy = iy0 + ry;
-          float* row = r + ry * rw;
-          const int64_t lo = std::max<int64_t>(0, -ix0), hi = std::min<int64_t>(rw, w - ix0);
-          if (iy < 0 || iy >= h || lo >= hi) {
-            std::fill(row, row + rw, 0.f);
-            continue;
-          }
-          std::fill(row, row + lo, 0.f);
-          std::memcpy(row + lo, xc + iy * w + ix0 + lo, (hi - lo) * sizeof(float));
-          std::fill(row + hi, row + rw, 0.f);
-        }
-      }
+      // 1. regions, in place in the padded input (row stride wp)
+      const float* xi = xpd + img * c * hp * wp + (oy0 * sh) * wp + ox0 * sw;
+      for (int64_t ch = 0; ch < c; ++ch) s.ptr[ch] = xi + ch * hp * wp;
       STAGE(kRegion)
       // 2. projections of every channel, centred across channels; codes from the signs
       float* proj = s.proj.data();
-      for (int64_t ch = 0; ch < c; ++ch) {
-        switch (nv) {
-          case 1: project<1>(s.ptr[ch], rs, rh, rw, rt.data(), proj + 16 * ch); break;
-          case 2: project<2>(s.ptr[ch], rs, rh, rw, rt.data(), proj + 32 * ch); break;
-          case 3: project<3>(s.ptr[ch], rs, rh, rw, rt.data(), proj + 48 * ch); break;
-          default: project<4>(s.ptr[ch], rs, rh, rw, rt.data(), proj + 64 * ch); break;
-        }
+      switch (nv) {
+        case 1: project_all<1>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
+        case 2: project_all<2>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
+        case 3: project_all<3>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
+        default: project_all<4>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
       }
       std::fill(mean, mean + 16 * nv, 0.f);
       for (int64_t ch = 0; ch < c; ++ch)
-        for (int64_t l = 0; l < L; ++l) mean[l] += s.proj[ch * 16 * nv + l];
+        for (int64_t l = 0; l < L; ++l) mean[l] += proj[ch * 16 * nv + l];
       for (int64_t l = 0; l < L; ++l) mean[l] /= static_cast<float>(c);
       for (int64_t ch = 0; ch < c; ++ch) {
-        const float* pc = s.proj.data() + ch * 16 * nv;
+        const float* pc = proj + ch * 16 * nv;
         int64_t code = 0;
-        for (int64_t l = 0; l < L; ++l)
-          if (pc[l] - mean[l] > 0.f) code |= (int64_t{1} << l);
+        for (int64_t l = 0; l < L; ++l) code |= static_cast<int64_t>(pc[l] - mean[l] > 0.f) << l;
         s.codes[ch] = code;
       }
       STAGE(kHash)
-      // 3. buckets numbered in increasing code order (as the reference)
-      std::iota(s.order.begin(), s.order.begin() + c, 0);
-      std::stable_sort(s.order.begin(), s.order.begin() + c,
-                       [&](int a, int b) { return s.codes[a] < s.codes[b]; });
-      int g = -1;
-      for (int64_t i = 0; i < c; ++i) {
-        const int ch = s.order[i];
-        if (i == 0 || s.codes[ch] != s.codes[s.order[i - 1]]) ++g;
-        s.bucket[ch] = g;
-      }
-      const int ng = g + 1;
-      G[t] = ng;
-      STAGE(kBucket)
-      // 4. merged inputs (mean, layout (g, rh, rw)) and merged filter rows (sum, layout (g*kk, O))
-      std::fill(s.count.begin(), s.count.begin() + ng, 0);
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const int b = s.bucket[ch];
-        float* m = s.merged.data() + b * d;
-        const float* r = s.ptr[ch];
-        float* f = s.filters.data() + b * kk * o;
-        const float* wc = WT + ch * kk * o;
-        if (s.count[b]++ == 0) {  // first member: copy
-          for (int64_t ry = 0; ry < rh; ++ry) std::memcpy(m + ry * rw, r + ry * rs, rw * sizeof(float));
-          std::memcpy(f, wc, kk * o * sizeof(float));
-        } else {
-          for (int64_t ry = 0; ry < rh; ++ry)
-            for (int64_t rx = 0; rx < rw; ++rx) m[ry * rw + rx] += r[ry * rs + rx];
-          for (int64_t i = 0; i < kk * o; ++i) f[i] += wc[i];
+      // 3. buckets: equal codes share a bucket
+      int ng = 0;
+      if (use_table) {
+        const int64_t tick = ++s.tick;
+        for (int64_t ch = 0; ch < c; ++ch) {
+          const int64_t code = s.codes[ch];
+          if (s.stamp[code] != tick) {
+            s.stamp[code] = tick;
+            s.table[code] = ng++;
+          }
+          s.bucket[ch] = s.table[code];
         }
+      } else {
+        std::iota(s.order.begin(), s.order.begin() + c, 0);
+        std::stable_sort(s.order.begin(), s.order.begin() + c,
+                         [&](int a, int b) { return s.codes[a] < s.codes[b]; });
+        int g = -1;
+        for (int64_t i = 0; i < c; ++i) {
+          const int ch = s.order[i];
+          if (i == 0 || s.codes[ch] != s.codes[s.order[i - 1]]) ++g;
+          s.bucket[ch] = g;
+        }
+        ng = g + 1;
       }
+      G[t] = ng;
+      // members of every bucket, contiguous in s.order: bucket b owns order[first[b] .. first[b+1])
+      std::fill(s.count.begin(), s.count.begin() + ng + 1, 0);
+      for (int64_t ch = 0; ch < c; ++ch) s.count[s.bucket[ch] + 1] += 1;
+      s.first[0] = 0;
+      for (int b = 0; b < ng; ++b) s.first[b + 1] = s.first[b] + s.count[b + 1];
+      for (int b = 0; b < ng; ++b) s.count[b] = s.first[b];
+      for (int64_t ch = 0; ch < c; ++ch) s.order[s.count[s.bucket[ch]]++] = static_cast<int>(ch);
+      STAGE(kBucket)
+      // 4. per bucket: mean of the members' regions (rows of rwp floats), sum of their filter rows
       for (int b = 0; b < ng; ++b) {
-        if (s.count[b] == 1) continue;
-        const float inv = 1.f / static_cast<float>(s.count[b]);
-        float* m = s.merged.data() + b * d;
-        for (int64_t i = 0; i < d; ++i) m[i] *= inv;
+        const int* members = s.order.data() + s.first[b];
+        const int size = s.first[b + 1] - s.first[b];
+        const float inv = 1.f / static_cast<float>(size);
+        float* m = s.merged.data() + b * rh * rwp;
+        for (int64_t ry = 0; ry < rh; ++ry)
+          for (int64_t cx = 0; cx < rwp; cx += 16) {
+            v16 acc = load16(s.ptr[members[0]] + ry * wp + cx);
+            for (int i = 1; i < size; ++i) acc += load16(s.ptr[members[i]] + ry * wp + cx);
+            store16(m + ry * rwp + cx, size == 1 ? acc : acc * inv);
+          }
+        float* f = s.filters.data() + b * fo;
+        if (size == 1) {
+          std::memcpy(f, WT + members[0] * fo, fo * sizeof(float));
+          continue;
+        }
+        int64_t i = 0;
+        for (; i + 16 <= fo; i += 16) {
+          v16 acc = load16(WT + members[0] * fo + i);
+          for (int j = 1; j < size; ++j) acc += load16(WT + members[j] * fo + i);
+          store16(f + i, acc);
+        }
+        for (; i < fo; ++i) {
+          float acc = 0.f;
+          for (int j = 0; j < size; ++j) acc += WT[members[j] * fo + i];
+          f[i] = acc;
+        }
       }
       STAGE(kMerge)
       // 5. implicit im2col tables: pixel q reads merged[base[q] + off[j]] for depth j = (g, ky, kx)
       const int64_t pixels = vh * vw, depth = ng * kk;
       for (int64_t py = 0; py < vh; ++py)
-        for (int64_t px = 0; px < vw; ++px) s.base[py * vw + px] = static_cast<int>(py * sh * rw + px * sw);
+        for (int64_t px = 0; px < vw; ++px) s.base[py * vw + px] = static_cast<int>(py * sh * rwp + px * sw);
       for (int b = 0; b < ng; ++b)
         for (int64_t ky = 0; ky < kh; ++ky)
-          for (int64_t kx = 0; kx < kw; ++kx) s.off[(b * kh + ky) * kw + kx] = static_cast<int>(b * d + ky * rw + kx);
+          for (int64_t kx = 0; kx < kw; ++kx)
+            s.off[(b * kh + ky) * kw + kx] = static_cast<int>(b * rh * rwp + ky * rwp + kx);
       STAGE(kIm2col)
       // 6. out (pixels, O) = merged channels (pixels, depth) @ merged filters (depth, O)
       gemm_implicit(pixels, depth, o, s.merged.data(), s.base.data(), s.off.data(), s.filters.data(), s.out.data());
       STAGE(kGemm)
-      // 7. write the tile with the bias, one output channel at a time (contiguous rows)
-      float* yi = Y + img * o * hout * wout;
-      for (int64_t oc = 0; oc < o; ++oc) {
-        const float bv = B ? B[oc] : 0.f;
-        float* yo = yi + oc * hout * wout + oy0 * wout + ox0;
-        for (int64_t py = 0; py < vh; ++py)
-          for (int64_t px = 0; px < vw; ++px) yo[py * wout + px] = s.out[(py * vw + px) * o + oc] + bv;
-      }
+      // 7. write the tile with the bias: one contiguous run of O floats per pixel (channels-last)
+      for (int64_t py = 0; py < vh; ++py)
+        for (int64_t px = 0; px < vw; ++px) {
+          const float* src = s.out.data() + (py * vw + px) * o;
+          float* dst = Y + ((img * hout + oy0 + py) * wout + ox0 + px) * o;
+          if (B)
+            for (int64_t oc = 0; oc < o; ++oc) dst[oc] = src[oc] + B[oc];
+          else
+            std::memcpy(dst, src, o * sizeof(float));
+        }
       STAGE(kWrite)
     }
   });
-  return {y, groups};
+  return {y.permute({0, 3, 1, 2}), groups};
 }
 
 // Stage totals in seconds since the last reset (all zero unless built with -DHASTE_PROFILE).

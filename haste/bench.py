@@ -1,0 +1,229 @@
+"""``haste bench``: latency of HASTE levels against the dense model, measured as ratios in one run.
+
+Protocol: torch threads fixed; the unconverted model and the converted one at every level run on the
+same batch of real images, interleaved (one forward of each per round, the order rotated every round)
+after warm-up; medians, min and max over rounds. Reports latency, images/s, FLOPs saving (overhead
+included, from ``haste.profile``) and the latency ratio level / dense beside the FLOPs ratio, and the
+issue's bar ``ratio <= 1 - 0.5 * saving``. ``--stages`` adds where the CPU kernel's time goes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from . import engine
+from .convert import convert
+from .levels import LEVELS, compression
+from .profile import profile
+
+DEFAULT_MODELS = ("fmnist-resnet18", "fmnist-resnet34", "fmnist-vgg16_bn", "resnet50")
+
+
+def _real_images(card: dict, batch: int) -> tuple[torch.Tensor, str]:
+    """A batch of real images preprocessed for the model: Fashion-MNIST test images for Fashion-MNIST
+    models, scikit-image's sample photos otherwise."""
+    from .preprocess import InputSpec, preprocess
+
+    spec = InputSpec.from_dict({k: card["input"][k] for k in ("mode", "resize", "crop", "pad", "mean", "std")})
+    if card.get("dataset") == "fashion-mnist":
+        from .data import fashion_mnist
+        from .train import inputs
+
+        images, _ = fashion_mnist("test")
+        return inputs(images[:batch], spec), "Fashion-MNIST test images"
+    from PIL import Image
+    from skimage import data as samples
+
+    photos = [samples.astronaut(), samples.coffee(), samples.chelsea(), samples.rocket(), samples.hubble_deep_field()]
+    tensors = [preprocess(Image.fromarray(photos[i % len(photos)]), spec) for i in range(batch)]
+    return torch.stack(tensors), "scikit-image sample photos"
+
+
+def load_model(name: str) -> tuple[torch.nn.Module, dict, str]:
+    """(model, card, weights note). Reference models from haste.zoo; torchvision names with their
+    ImageNet weights when cached, else randomly initialised (timing does not depend on the weights,
+    bucket counts do: the note says which)."""
+    from . import zoo
+
+    if name in zoo.names():
+        model = zoo.load(name)
+        return model, model.haste_card, "trained (haste.zoo)"
+    import torchvision
+
+    try:
+        model = zoo.load(name if ":" in name else f"{name}:IMAGENET1K_V2")
+        return model, model.haste_card, "ImageNet (torchvision cache)"
+    except Exception as exc:  # offline without a cached file
+        model = torchvision.models.get_model(name.split(":")[0]).eval()
+        card = {
+            "name": name,
+            "dataset": "imagenet",
+            "input": {"mode": "RGB", "resize": 232, "crop": 224, "pad": 0,
+                      "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        }  # fmt: skip
+        return model, card, f"random init (no cached ImageNet weights: {type(exc).__name__})"
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_model(
+    name: str,
+    *,
+    batches=(1, 32),
+    levels=("off", "low", "medium", "high"),
+    rounds: int = 15,
+    warmup: int = 3,
+    stages: bool = False,
+    log=print,
+) -> dict:
+    """Benchmark one model; see the module docstring."""
+    model, card, weights = load_model(name)
+    dense = copy.deepcopy(model).eval()
+    convert(model)
+    result = {"model": name, "weights": weights, "batches": []}
+    for batch in batches:
+        x, source = _real_images(card, batch)
+        variants = {"dense": lambda x=x: dense(x)}
+        for level in levels:
+            variants[level] = lambda level=level, x=x: _at(model, x, level)
+        times = {k: [] for k in variants}
+        order = list(variants)
+        with torch.inference_mode():
+            for _ in range(warmup):
+                for fn in variants.values():
+                    fn()
+            for r in range(rounds):
+                rotated = order[r % len(order) :] + order[: r % len(order)]
+                for key in rotated:
+                    times[key].append(_time(variants[key]))
+            savings = {}
+            for level in levels:
+                with profile(model) as report, compression(level):
+                    model(x)
+                savings[level] = report.saving
+            stage_split = _stages(model, x, levels) if stages else None
+        base = statistics.median(times["dense"])
+        rows = []
+        for key, ts in times.items():
+            med = statistics.median(ts)
+            saving = 0.0 if key == "dense" else savings[key]
+            rows.append({
+                "variant": key,
+                "hyperplanes": None if key == "dense" else _level_hyperplanes(model, key),
+                "median_ms": med * 1e3, "min_ms": min(ts) * 1e3, "max_ms": max(ts) * 1e3,
+                "images_per_s": batch / med, "flops_saving": saving, "latency_ratio": med / base,
+                "flops_ratio": 1.0 - saving, "bar": 1.0 - 0.5 * saving,
+                "meets_bar": key in ("dense", "off") or med / base <= 1.0 - 0.5 * saving,
+            })  # fmt: skip
+        entry = {"batch": batch, "input": list(x.shape[1:]), "images": source, "rows": rows}
+        if stage_split:
+            entry["stages"] = stage_split
+        result["batches"].append(entry)
+        for row in rows:
+            log(f"{name} b={batch} {row['variant']:>6}: {row['median_ms']:8.2f} ms (min {row['min_ms']:.2f}, max "
+                f"{row['max_ms']:.2f})  {row['images_per_s']:8.1f} img/s  saving {row['flops_saving']:.3f}  "
+                f"ratio {row['latency_ratio']:.3f} (bar {row['bar']:.3f})")  # fmt: skip
+    return result
+
+
+def _level_hyperplanes(model, level: str):
+    from .module import HasteConv2d
+
+    values = {m.levels[level] for m in model.modules() if isinstance(m, HasteConv2d)}
+    return values.pop() if len(values) == 1 else "per-layer"
+
+
+def _at(model, x, level):
+    with compression(level):
+        return model(x)
+
+
+def _stages(model, x, levels) -> dict:
+    """Seconds per forward spent in each stage of the CPU kernel, per level (profiling build)."""
+    kernel = engine.profiling_kernel()
+    saved = engine._module
+    engine._module = kernel
+    out = {}
+    try:
+        for level in levels:
+            if level == "off":
+                continue
+            _at(model, x, level)
+            kernel.stage_seconds(True)
+            n = 5
+            for _ in range(n):
+                _at(model, x, level)
+            out[level] = {k: v / n * 1e3 for k, v in zip(engine.STAGES, kernel.stage_seconds(True))}
+    finally:
+        engine._module = saved
+    return out
+
+
+def run(models, *, batches, levels, rounds, warmup, threads, stages, out: Path | None, log=print) -> dict:
+    torch.set_num_threads(threads)
+    engine.cpu_kernel_available()
+    report = {
+        "protocol": f"torch threads {threads}; {warmup} warm-up rounds, then {rounds} rounds of one forward per "
+        "variant, interleaved with the order rotated each round; medians, min, max",
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads, "torch": torch.__version__,
+                    "engine": "cpu" if engine._module else f"reference ({engine.unavailable})"},
+        "levels": dict(LEVELS),
+        "models": [bench_model(m, batches=batches, levels=levels, rounds=rounds, warmup=warmup, stages=stages, log=log)
+                   for m in models],
+    }  # fmt: skip
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        log(f"wrote {out}")
+    return report
+
+
+def markdown(report: dict) -> str:
+    """The README table of a bench report."""
+    lines = [
+        "| model | batch | variant | median ms | img/s | FLOPs saving | latency ratio | bar (1 - saving/2) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in report["models"]:
+        for b in m["batches"]:
+            for r in b["rows"]:
+                ok = "" if r["variant"] in ("dense", "off") else (" ✓" if r["meets_bar"] else " ✗")
+                lines.append(
+                    f"| {m['model']} | {b['batch']} | {r['variant']} | {r['median_ms']:.2f} | {r['images_per_s']:.1f} "
+                    f"| {100 * r['flops_saving']:.1f}% | {r['latency_ratio']:.3f}{ok} | {r['bar']:.3f} |"
+                )
+    return "\n".join(lines)
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser("bench", help="latency of every level against the dense model (ratios in one run)")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--levels", nargs="+", default=["off", "low", "medium", "high"], choices=list(LEVELS))
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--stages", action="store_true", help="also profile the CPU kernel's stages")
+    p.add_argument("--json", dest="out", type=Path, help="write the report here")
+    p.add_argument("--markdown", type=Path, help="print the README table of an existing report and exit")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
+    run(args.models, batches=args.batch, levels=args.levels, rounds=args.rounds, warmup=args.warmup,
+        threads=args.threads, stages=args.stages, out=args.out)  # fmt: skip
+    return 0
