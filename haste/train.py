@@ -130,10 +130,13 @@ def add_command(sub) -> None:
     p.add_argument("--model", nargs="+", required=True, help="reference model names (haste.zoo.names())")
     p.add_argument("--out", help="output directory (default: the package's zoo/weights)")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for name in args.model:
         train(name, out_dir=Path(args.out) if args.out else None, data_dir=args.data_dir)
     return 0

@@ -39,9 +39,9 @@ class Entry:
 REGISTRY: dict[str, Entry] = {
     e.name: e
     for e in (
-        Entry("fmnist-resnet18", "resnet18", width=16, recipe=Recipe(epochs=8)),
+        Entry("fmnist-resnet18", "resnet18", width=16, recipe=Recipe(epochs=6)),
         Entry("fmnist-resnet34", "resnet34", width=16, recipe=Recipe(epochs=8)),
-        Entry("fmnist-vgg16_bn", "vgg16_bn", width=16, recipe=Recipe(epochs=10, lr=0.05)),
+        Entry("fmnist-vgg16_bn", "vgg16_bn", width=16, recipe=Recipe(epochs=6, lr=0.05)),
     )
 }
 
