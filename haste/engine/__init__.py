@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -50,6 +51,9 @@ def _load():
                 )
             except Exception as exc:  # a missing compiler or headers: fall back, say why
                 unavailable = f"{type(exc).__name__}: {exc}"
+                logging.getLogger("haste").warning(
+                    "fused CPU kernel unavailable, using the (slower) reference engine: %s", unavailable
+                )
     return _module
 
 
