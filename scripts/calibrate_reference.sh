@@ -15,4 +15,4 @@ for model in "$@"; do
   $HASTE calibrate --model "$model" --sweep "results/sweep-$model.json" --threads "$THREADS" \
     --out "results/calibrate-$model" --write-card
 done
-python scripts/readme_tables.py
+${PYTHON:-python} scripts/readme_tables.py

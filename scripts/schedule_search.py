@@ -9,7 +9,7 @@ exact) on the calibration split:
 
 This script assumes drops and savings add up over groups (drop = sum of the groups' drops over the
 all-24 baseline; saving = sum of the per-layer savings measured with each group at its L), enumerates
-every combination of one L per group, and prints for each budget the schedules with the largest
+every combination of one L per group (a group's negative drop, i.e. noise, counts as 0), and prints for each budget the schedules with the largest
 predicted saving whose predicted drop stays within ``margin`` x budget, as ``--schedule`` arguments to
 validate with ``haste sweep`` (3 seeds) and choose with ``haste calibrate``.
 """
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {g}: {cells}")
     combos = []
     for choice in itertools.product(*(options[g] for g in names)):
-        drop = sum(groups[g][L]["drop_points"] - base_drop for g, L in zip(names, choice))
+        drop = sum(max(groups[g][L]["drop_points"] - base_drop, 0.0) for g, L in zip(names, choice))
         saving = sum(layer_saved(groups[g][L], g) for g, L in zip(names, choice)) / dense
         combos.append((saving, drop, choice))
     picked = []
