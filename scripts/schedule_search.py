@@ -8,10 +8,10 @@ exact) on the calibration split:
         --out results/sensitivity-fmnist-resnet34
 
 This script assumes drops and savings add up over groups (drop = sum of the groups' drops over the
-all-24 baseline; saving = sum of the per-layer savings measured with each group at its L), enumerates
-every combination of one L per group (a group's negative drop, i.e. noise, counts as 0), and prints for each budget the schedules with the largest
-predicted saving whose predicted drop stays within ``margin`` x budget, as ``--schedule`` arguments to
-validate with ``haste sweep`` (3 seeds) and choose with ``haste calibrate``.
+all-24 baseline, a negative drop (noise) counting as 0; saving = sum of the per-layer savings measured
+with each group at its L), enumerates every combination of one L per group, and prints for each budget
+the schedules with the largest predicted saving whose predicted drop stays within ``margin`` x budget,
+as ``--schedule`` arguments to validate with ``haste sweep`` (3 seeds) and choose with ``haste calibrate``.
 """
 
 from __future__ import annotations
