@@ -51,7 +51,7 @@ def test_model_outputs_agree_and_engine_is_used():
     with torch.no_grad(), haste.compression("medium"), engine.forced("reference"):
         assert engine.choose(x, conv.conv.weight) == "reference"
         slow = model(x)
-    with pytest.raises(ValueError, match="engine must be one of cpu, reference"):
+    with pytest.raises(ValueError, match="engine must be one of cpu, triton, reference"):
         with engine.forced("gpu"):
             pass
     # float inputs: a projection within rounding of zero may flip a bit, so compare predictions
@@ -78,3 +78,52 @@ def test_weight_changes_invalidate_the_cached_layout():
         conv.weight.mul_(2)
         after = wrapper(x)
     torch.testing.assert_close(after - conv.bias[None, :, None, None], 2 * (before - conv.bias[None, :, None, None]))
+
+
+TRITON_CHECK = """
+import os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from torch import nn
+from haste import engine
+from haste.functional import conv_padding
+from haste.lsh import sample_hyperplanes
+torch.manual_seed(0)
+for c, o, k, s, pad, size, patch, hyperplanes in [
+    (8, 5, 3, 1, 1, (9, 7), 4, 5), (6, 70, 3, 2, 1, (8, 8), 2, 3), (4, 3, 1, 1, 0, (5, 5), 3, 4),
+]:
+    conv = nn.Conv2d(c, o, k, stride=s, padding=pad)
+    x = torch.randint(-3, 4, (2, c, *size)).float()
+    planes = sample_hyperplanes(hyperplanes, ((patch - 1) * s + k) ** 2, seed=1)
+    args = dict(stride=conv.stride, padding=conv_padding(conv), patch=patch, planes=planes)
+    with torch.no_grad():
+        ref = engine.conv2d(x, conv.weight, conv.bias, engine="reference", **args)
+        tri = engine.conv2d(x, conv.weight, conv.bias, engine="triton", **args)
+    assert torch.equal(ref.groups, tri.groups)
+    torch.testing.assert_close(tri.output, ref.output, rtol=1e-5, atol=1e-5)
+print("triton kernel matches the reference")
+"""
+
+
+def test_triton_gpu_kernel_matches_reference_under_the_interpreter():
+    """The GPU engine's fused Triton kernel, run on CPU tensors by Triton's interpreter."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    done = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "matches" in done.stdout
+
+
+def test_cuda_tensors_choose_the_gpu_engine_without_running():
+    x = torch.empty(1, 4, 8, 8, device="meta")
+    w = torch.empty(4, 4, 3, 3, device="meta")
+
+    class FakeCuda:  # a meta tensor that claims a CUDA device: choose() only looks at device and grads
+        device = torch.device("cuda")
+        requires_grad = False
+
+    with torch.no_grad():
+        assert engine.choose(FakeCuda(), w) in ("triton", "reference")
+        assert engine.choose(x, w) == "reference"  # meta: neither CPU float32 nor CUDA

@@ -2,9 +2,11 @@
 
 - ``cpu``: a fused C++ kernel (haste_cpu.cpp), compiled on first use with torch's cpp_extension (gcc,
   OpenMP, MKL's sgemm through libtorch), parallel over tiles. Used for float32 CPU inference.
-- ``reference``: the vectorised PyTorch implementation (haste/functional.py). Used on CUDA, for other
-  dtypes, when gradients are needed, or when the CPU kernel cannot be built (the reason is kept in
-  ``engine.unavailable``).
+- ``triton``: for CUDA tensors without gradients when Triton is installed: torch ops for hashing and
+  bucketing on the device and one fused Triton kernel for the merged convolution (triton_gpu.py).
+- ``reference``: the vectorised PyTorch implementation (haste/functional.py). Used when gradients are
+  needed, for CPU dtypes other than float32, on CUDA without Triton, or when the CPU kernel cannot be
+  built (the reason is kept in ``engine.unavailable``).
 
 Both give the same codes, buckets and outputs (tests/test_engine.py).
 """
@@ -73,12 +75,20 @@ def profiling_kernel():
     )
 
 
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def cpu_kernel_available() -> bool:
     """Whether the fused CPU kernel is built (building it on first call)."""
     return _load() is not None
 
 
-ENGINES = ("cpu", "reference")
+ENGINES = ("cpu", "triton", "reference")
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("haste_engine", default=None)
 
 
@@ -97,8 +107,11 @@ def forced(name: str) -> Iterator[None]:
 
 def choose(x: torch.Tensor, weight: torch.Tensor) -> str:
     """The engine for this call: ``cpu`` or ``reference`` (see the module docstring)."""
-    if _forced.get() == "reference":
-        return "reference"
+    forced_engine = _forced.get()
+    if forced_engine in ("reference", "triton"):
+        return forced_engine
+    if x.device.type == "cuda" and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return "triton" if _triton_available() else "reference"
     if (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -136,8 +149,12 @@ def conv2d(
     engine = engine or choose(x, weight)
     if engine == "reference":
         return haste_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes)
+    if engine == "triton":
+        from .triton_gpu import conv2d as triton_conv2d
+
+        return triton_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes)
     if engine != "cpu" or _load() is None:
-        raise ValueError(f"engine must be 'cpu' or 'reference' (cpu unavailable: {unavailable}); got {engine!r}")
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)} (cpu unavailable: {unavailable}); got {engine!r}")
     kh, kw = weight.shape[2:]
     y, groups = _module.haste_conv2d_cpu(
         x,  # NCHW or channels-last; the kernel handles both
