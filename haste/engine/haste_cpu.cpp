@@ -11,6 +11,7 @@
 // implementation (haste/functional.py); buckets are numbered in first-occurrence order.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <array>
@@ -52,7 +53,7 @@ inline void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 // out[q][oc..oc+16) = sum_j a[base[q] + off[j]] * f[j][oc..oc+16) for PB pixels q.
 template <int PB>
 inline void micro(int64_t k, int64_t o, int64_t oc, const float* a, const int* base, const int* off,
-                  const float* f, float* out) {
+                  const float* f, float* const* out, const float* bias) {
   v16 acc[PB];
   const float* ap[PB];
   for (int q = 0; q < PB; ++q) {
@@ -64,36 +65,50 @@ inline void micro(int64_t k, int64_t o, int64_t oc, const float* a, const int* b
     const int oj = off[j];
     for (int q = 0; q < PB; ++q) acc[q] += ap[q][oj] * fv;
   }
-  for (int q = 0; q < PB; ++q) store16(out + q * o + oc, acc[q]);
+  const v16 bv = bias ? load16(bias + oc) : v16{};
+  for (int q = 0; q < PB; ++q) store16(out[q] + oc, acc[q] + bv);
 }
 
-// out (np, o) = A (np, k) @ f (k, o) with A[q][j] = a[base[q] + off[j]] (implicit im2col).
+// out[q][0..o) = bias + sum_j a[base[q] + off[j]] * f[j][0..o): implicit im2col, written in place.
 void gemm_implicit(int64_t np, int64_t k, int64_t o, const float* a, const int* base, const int* off,
-                   const float* f, float* out) {
+                   const float* f, float* const* out, const float* bias) {
   const int64_t o16 = o / 16 * 16;
   for (int64_t p0 = 0; p0 < np; p0 += 8) {
     const int64_t pb = std::min<int64_t>(8, np - p0);
     const int* bp = base + p0;
-    float* op = out + p0 * o;
+    float* const* op = out + p0;
     for (int64_t oc = 0; oc < o16; oc += 16) {
       switch (pb) {
-        case 8: micro<8>(k, o, oc, a, bp, off, f, op); break;
-        case 7: micro<7>(k, o, oc, a, bp, off, f, op); break;
-        case 6: micro<6>(k, o, oc, a, bp, off, f, op); break;
-        case 5: micro<5>(k, o, oc, a, bp, off, f, op); break;
-        case 4: micro<4>(k, o, oc, a, bp, off, f, op); break;
-        case 3: micro<3>(k, o, oc, a, bp, off, f, op); break;
-        case 2: micro<2>(k, o, oc, a, bp, off, f, op); break;
-        default: micro<1>(k, o, oc, a, bp, off, f, op); break;
+        case 8: micro<8>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 7: micro<7>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 6: micro<6>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 5: micro<5>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 4: micro<4>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 3: micro<3>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 2: micro<2>(k, o, oc, a, bp, off, f, op, bias); break;
+        default: micro<1>(k, o, oc, a, bp, off, f, op, bias); break;
       }
     }
     for (int64_t q = 0; q < pb; ++q)  // output channels beyond a multiple of 16
       for (int64_t oc = o16; oc < o; ++oc) {
-        float acc = 0.f;
+        float acc = bias ? bias[oc] : 0.f;
         for (int64_t j = 0; j < k; ++j) acc += a[bp[q] + off[j]] * f[j * o + oc];
-        op[q * o + oc] = acc;
+        op[q][oc] = acc;
       }
   }
+}
+
+// Bit l set where lane l of v is > 0.
+inline uint64_t sign_bits(v16 v) {
+#ifdef __AVX512F__
+  __m512 r;
+  __builtin_memcpy(&r, &v, sizeof(r));
+  return static_cast<uint64_t>(_mm512_cmp_ps_mask(r, _mm512_setzero_ps(), _CMP_GT_OQ));
+#else
+  uint64_t bits = 0;
+  for (int l = 0; l < 16; ++l) bits |= static_cast<uint64_t>(v[l] > 0.f) << l;
+  return bits;
+#endif
 }
 
 template <typename T>
@@ -131,10 +146,11 @@ void project_all(const float* const* ptr, int64_t c, int64_t rs, int64_t rh, int
 }
 
 struct Scratch {
-  std::vector<float> proj, merged, filters, out;
+  std::vector<float> proj, merged, filters;
   std::vector<int64_t> codes, stamp;
   std::vector<int> order, bucket, count, first, base, off, table;
   std::vector<const float*> ptr;
+  std::vector<float*> dst;
   int64_t tick = 0;
 };
 
@@ -237,14 +253,13 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     grow(s.ptr, c);
     grow(s.merged, c * rh * rwp);
     grow(s.filters, c * fo);
-    grow(s.out, patch * patch * o);
+    grow(s.dst, patch * patch);
     grow(s.base, patch * patch);
     grow(s.off, c * kk);
     if (use_table) {
       grow(s.table, int64_t{1} << kTableBits);
       grow(s.stamp, int64_t{1} << kTableBits);
     }
-    float mean[64];
     for (int64_t t = begin; t < end; ++t) {
       STAGE_START
       const int64_t img = t / tiles, ty = (t % tiles) / tw, tx = t % tw;
@@ -262,15 +277,16 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
         case 3: project_all<3>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
         default: project_all<4>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
       }
-      std::fill(mean, mean + 16 * nv, 0.f);
+      // mean over channels (vector adds), then one compare per 16 planes gives the sign bits
+      v16 mv[4] = {v16{}, v16{}, v16{}, v16{}};
       for (int64_t ch = 0; ch < c; ++ch)
-        for (int64_t l = 0; l < L; ++l) mean[l] += proj[ch * 16 * nv + l];
-      for (int64_t l = 0; l < L; ++l) mean[l] /= static_cast<float>(c);
+        for (int v = 0; v < nv; ++v) mv[v] += load16(proj + (ch * nv + v) * 16);
+      for (int v = 0; v < nv; ++v) mv[v] = mv[v] / static_cast<float>(c);  // as torch.mean: sum / C
+      const uint64_t keep = L == 64 ? ~uint64_t{0} : (uint64_t{1} << L) - 1;
       for (int64_t ch = 0; ch < c; ++ch) {
-        const float* pc = proj + ch * 16 * nv;
-        int64_t code = 0;
-        for (int64_t l = 0; l < L; ++l) code |= static_cast<int64_t>(pc[l] - mean[l] > 0.f) << l;
-        s.codes[ch] = code;
+        uint64_t code = 0;
+        for (int v = 0; v < nv; ++v) code |= sign_bits(load16(proj + (ch * nv + v) * 16) - mv[v]) << (16 * v);
+        s.codes[ch] = static_cast<int64_t>(code & keep);
       }
       STAGE(kHash)
       // 3. buckets: equal codes share a bucket
@@ -345,19 +361,12 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
           for (int64_t kx = 0; kx < kw; ++kx)
             s.off[(b * kh + ky) * kw + kx] = static_cast<int>(b * rh * rwp + ky * rwp + kx);
       STAGE(kIm2col)
-      // 6. out (pixels, O) = merged channels (pixels, depth) @ merged filters (depth, O)
-      gemm_implicit(pixels, depth, o, s.merged.data(), s.base.data(), s.off.data(), s.filters.data(), s.out.data());
-      STAGE(kGemm)
-      // 7. write the tile with the bias: one contiguous run of O floats per pixel (channels-last)
+      // 6. y[pixel][0..O) = bias + merged channels (pixels, depth) @ merged filters (depth, O), in place
       for (int64_t py = 0; py < vh; ++py)
-        for (int64_t px = 0; px < vw; ++px) {
-          const float* src = s.out.data() + (py * vw + px) * o;
-          float* dst = Y + ((img * hout + oy0 + py) * wout + ox0 + px) * o;
-          if (B)
-            for (int64_t oc = 0; oc < o; ++oc) dst[oc] = src[oc] + B[oc];
-          else
-            std::memcpy(dst, src, o * sizeof(float));
-        }
+        for (int64_t px = 0; px < vw; ++px)
+          s.dst[py * vw + px] = Y + ((img * hout + oy0 + py) * wout + ox0 + px) * o;
+      gemm_implicit(pixels, depth, o, s.merged.data(), s.base.data(), s.off.data(), s.filters.data(), s.dst.data(), B);
+      STAGE(kGemm)
       STAGE(kWrite)
     }
   });
