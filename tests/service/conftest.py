@@ -14,16 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import httpx  # noqa: E402
 import pytest  # noqa: E402
-from service_support import MODEL, Offline, Server  # noqa: E402
-
-NO_MODEL = "no trained reference model (haste train --model fmnist-resnet18)"
+from service_support import MODEL, Offline, Server, require_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     """The shared server: default settings except BASE_ENV, ready."""
-    if MODEL is None:
-        pytest.skip(NO_MODEL)
+    require_model()
     srv = Server()
     try:
         srv.wait()
@@ -40,6 +37,5 @@ def client(server: Server) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def offline() -> Offline:
-    if MODEL is None:
-        pytest.skip(NO_MODEL)
+    require_model()
     return Offline(MODEL)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 from PIL import Image, ImageOps
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,6 +39,14 @@ def _pick_model() -> str | None:
 
 
 MODEL = _pick_model()
+
+
+def require_model() -> None:
+    """Skip the calling test or fixture when no trained reference model is available."""
+    if MODEL is None:
+        pytest.skip("no trained reference model (haste train --model fmnist-resnet18)")
+
+
 #: Settings of every test server unless a test says otherwise: small and lean on a shared 2-core machine.
 BASE_ENV = {
     "HASTE_TORCH_THREADS": "1",

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from service_support import FIXTURES, MANIFEST, MODEL, Server, assert_error, metrics, sample
+from service_support import FIXTURES, MANIFEST, MODEL, Server, assert_error, metrics, require_model, sample
 
 PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
 
@@ -18,6 +18,7 @@ PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
 def slow_server():
     """Warm-up of at least 0.5 s per level, batches of 2 that wait up to 1 s for a companion on its way,
     and a 150 ms deadline."""
+    require_model()
     srv = Server(warmup_min_s=0.5, max_batch_size=2, max_batch_delay_ms=1000, request_deadline_ms=150)
     yield srv
     srv.stop()

@@ -9,7 +9,7 @@ import itertools
 
 import httpx
 import pytest
-from service_support import FIXTURES, MANIFEST, MODEL, Server, metrics, sample
+from service_support import FIXTURES, MANIFEST, MODEL, Server, metrics, require_model, sample
 
 import haste
 
@@ -19,6 +19,7 @@ IMAGES = [(FIXTURES / m["file"]).read_bytes() for m in MANIFEST if m["file"].end
 
 @pytest.fixture(scope="module")
 def busy_server():
+    require_model()
     srv = Server(queue_size=8, max_inflight=64, max_batch_size=4)
     srv.wait()
     yield srv
