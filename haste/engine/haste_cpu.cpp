@@ -69,6 +69,33 @@ inline void micro(int64_t k, int64_t o, int64_t oc, const float* a, const int* b
   for (int q = 0; q < PB; ++q) store16(out[q] + oc, acc[q] + bv);
 }
 
+// As micro, for 32 output channels: two registers per pixel, so one broadcast feeds two FMAs.
+template <int PB>
+inline void micro32(int64_t k, int64_t o, int64_t oc, const float* a, const int* base, const int* off,
+                    const float* f, float* const* out, const float* bias) {
+  v16 acc0[PB], acc1[PB];
+  const float* ap[PB];
+  for (int q = 0; q < PB; ++q) {
+    acc0[q] = v16{};
+    acc1[q] = v16{};
+    ap[q] = a + base[q];
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    const v16 f0 = load16(f + j * o + oc), f1 = load16(f + j * o + oc + 16);
+    const int oj = off[j];
+    for (int q = 0; q < PB; ++q) {
+      const float av = ap[q][oj];
+      acc0[q] += av * f0;
+      acc1[q] += av * f1;
+    }
+  }
+  const v16 b0 = bias ? load16(bias + oc) : v16{}, b1 = bias ? load16(bias + oc + 16) : v16{};
+  for (int q = 0; q < PB; ++q) {
+    store16(out[q] + oc, acc0[q] + b0);
+    store16(out[q] + oc + 16, acc1[q] + b1);
+  }
+}
+
 // out[q][0..o) = bias + sum_j a[base[q] + off[j]] * f[j][0..o): implicit im2col, written in place.
 void gemm_implicit(int64_t np, int64_t k, int64_t o, const float* a, const int* base, const int* off,
                    const float* f, float* const* out, const float* bias) {
@@ -77,7 +104,20 @@ void gemm_implicit(int64_t np, int64_t k, int64_t o, const float* a, const int* 
     const int64_t pb = std::min<int64_t>(8, np - p0);
     const int* bp = base + p0;
     float* const* op = out + p0;
-    for (int64_t oc = 0; oc < o16; oc += 16) {
+    int64_t oc = 0;
+    for (; oc + 32 <= o16; oc += 32) {
+      switch (pb) {
+        case 8: micro32<8>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 7: micro32<7>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 6: micro32<6>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 5: micro32<5>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 4: micro32<4>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 3: micro32<3>(k, o, oc, a, bp, off, f, op, bias); break;
+        case 2: micro32<2>(k, o, oc, a, bp, off, f, op, bias); break;
+        default: micro32<1>(k, o, oc, a, bp, off, f, op, bias); break;
+      }
+    }
+    for (; oc < o16; oc += 16) {
       switch (pb) {
         case 8: micro<8>(k, o, oc, a, bp, off, f, op, bias); break;
         case 7: micro<7>(k, o, oc, a, bp, off, f, op, bias); break;
@@ -183,8 +223,10 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   const int64_t hp = (th * patch - 1) * sh + kh, wp = (tw * patch - 1) * sw + kw;
   const int64_t rwp = (rw + 15) / 16 * 16;  // merged-region row stride: whole vectors
   // uninitialised: the image area is copied below, only the border is zeroed
-  std::unique_ptr<float[]> xp_buf(new float[n * c * hp * wp + rwp]);
-  float* xpd = xp_buf.get();
+  // kept per calling thread and only grown: no page faults from a fresh allocation every call
+  thread_local std::vector<float> xp_buf;
+  grow(xp_buf, n * c * hp * wp + rwp);
+  float* xpd = xp_buf.data();
   std::fill(xpd + n * c * hp * wp, xpd + n * c * hp * wp + rwp, 0.f);
   const float* X = x.data_ptr<float>();  // after the layout check below
   const int64_t x0 = std::max<int64_t>(0, -pad_l), x1 = std::min(w, wp - pad_l);
@@ -322,33 +364,52 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       for (int b = 0; b < ng; ++b) s.count[b] = s.first[b];
       for (int64_t ch = 0; ch < c; ++ch) s.order[s.count[s.bucket[ch]]++] = static_cast<int>(ch);
       STAGE(kBucket)
-      // 4. per bucket: mean of the members' regions (rows of rwp floats), sum of their filter rows
+      // 4. per bucket: mean of the members' regions (rows of rwp floats), sum of their filter rows.
+      // Members in the outer loop, vector chunks inner: independent adds instead of one long chain.
       for (int b = 0; b < ng; ++b) {
         const int* members = s.order.data() + s.first[b];
         const int size = s.first[b + 1] - s.first[b];
-        const float inv = 1.f / static_cast<float>(size);
         float* m = s.merged.data() + b * rh * rwp;
-        for (int64_t ry = 0; ry < rh; ++ry)
-          for (int64_t cx = 0; cx < rwp; cx += 16) {
-            v16 acc = load16(s.ptr[members[0]] + ry * wp + cx);
-            for (int i = 1; i < size; ++i) acc += load16(s.ptr[members[i]] + ry * wp + cx);
-            store16(m + ry * rwp + cx, size == 1 ? acc : acc * inv);
-          }
         float* f = s.filters.data() + b * fo;
-        if (size == 1) {
-          std::memcpy(f, WT + members[0] * fo, fo * sizeof(float));
-          continue;
+        const float* r0 = s.ptr[members[0]];
+        for (int64_t ry = 0; ry < rh; ++ry)
+          for (int64_t cx = 0; cx < rwp; cx += 16) store16(m + ry * rwp + cx, load16(r0 + ry * wp + cx));
+        for (int i = 1; i < size; ++i) {
+          const float* r = s.ptr[members[i]];
+          for (int64_t ry = 0; ry < rh; ++ry)
+            for (int64_t cx = 0; cx < rwp; cx += 16)
+              store16(m + ry * rwp + cx, load16(m + ry * rwp + cx) + load16(r + ry * wp + cx));
         }
-        int64_t i = 0;
-        for (; i + 16 <= fo; i += 16) {
-          v16 acc = load16(WT + members[0] * fo + i);
-          for (int j = 1; j < size; ++j) acc += load16(WT + members[j] * fo + i);
-          store16(f + i, acc);
+        // filter rows: 64 floats at a time summed over the members in 4 independent registers
+        int64_t e = 0;
+        for (; e + 64 <= fo; e += 64) {
+          const float* w0 = WT + members[0] * fo + e;
+          v16 a0 = load16(w0), a1 = load16(w0 + 16), a2 = load16(w0 + 32), a3 = load16(w0 + 48);
+          for (int i = 1; i < size; ++i) {
+            const float* wi = WT + members[i] * fo + e;
+            a0 += load16(wi);
+            a1 += load16(wi + 16);
+            a2 += load16(wi + 32);
+            a3 += load16(wi + 48);
+          }
+          store16(f + e, a0);
+          store16(f + e + 16, a1);
+          store16(f + e + 32, a2);
+          store16(f + e + 48, a3);
         }
-        for (; i < fo; ++i) {
-          float acc = 0.f;
-          for (int j = 0; j < size; ++j) acc += WT[members[j] * fo + i];
-          f[i] = acc;
+        for (; e + 16 <= fo; e += 16) {
+          v16 a0 = load16(WT + members[0] * fo + e);
+          for (int i = 1; i < size; ++i) a0 += load16(WT + members[i] * fo + e);
+          store16(f + e, a0);
+        }
+        for (; e < fo; ++e) {
+          float a0 = 0.f;
+          for (int i = 0; i < size; ++i) a0 += WT[members[i] * fo + e];
+          f[e] = a0;
+        }
+        if (size > 1) {
+          const float inv = 1.f / static_cast<float>(size);
+          for (int64_t e = 0; e < rh * rwp; e += 16) store16(m + e, load16(m + e) * inv);
         }
       }
       STAGE(kMerge)
