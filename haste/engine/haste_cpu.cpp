@@ -251,10 +251,11 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       for (int64_t p = b0; p < b1; ++p) {
         const int64_t img = p / h, iy = p % h;
         if (iy < y0 || iy >= y1) continue;
-        for (int64_t ix = x0; ix < x1; ++ix) {
-          const float* src = X + ((img * h + iy) * w + ix) * c;
-          float* dst = xpd + (img * c * hp + iy + pad_t) * wp + ix + pad_l;
-          for (int64_t ch = 0; ch < c; ++ch) dst[ch * hp * wp] = src[ch];
+        // one input row (w * c floats) stays in L1 while every channel plane's row is written in order
+        const float* row = X + (img * h + iy) * w * c;
+        for (int64_t ch = 0; ch < c; ++ch) {
+          float* dst = xpd + ((img * c + ch) * hp + iy + pad_t) * wp + pad_l;
+          for (int64_t ix = x0; ix < x1; ++ix) dst[ix] = row[ix * c + ch];
         }
       }
     });
