@@ -149,8 +149,67 @@ def _at(model, x, level):
         return model(x)
 
 
+def reference_stages(model, x, level: str) -> dict:
+    """Milliseconds per forward in each stage of the reference implementation (haste/functional.py),
+    summed over the HASTE layers: the "before" of the fused kernel. Runs the same functions in order
+    with a timer around each, on every layer's real input."""
+    import torch.nn.functional as F
+
+    from .buckets import bucketize
+    from .lsh import hash_codes
+    from .merge import merge_filters, merge_inputs
+    from .module import HasteConv2d
+    from .tiles import assemble, geometry, regions
+
+    inputs = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: inputs.__setitem__(mod, args[0]))
+        for m in model.modules()
+        if isinstance(m, HasteConv2d)
+    ]
+    try:
+        _at(model, x, level)
+    finally:
+        for h in hooks:
+            h.remove()
+    totals = dict.fromkeys(("region", "hash", "bucket", "merge_inputs", "merge_filters", "conv", "assemble"), 0.0)
+    for layer, inp in inputs.items():
+        conv, hyperplanes = layer.conv, layer.levels[level]
+        mark = time.perf_counter()
+
+        def lap(key, mark_ref=[mark]):  # noqa: B006 - a running timer
+            now = time.perf_counter()
+            totals[key] += (now - mark_ref[0]) * 1e3
+            mark_ref[0] = now
+
+        geo = geometry(tuple(inp.shape[2:]), conv.kernel_size, conv.stride, layer.padding, layer.patch_size)
+        reg = regions(inp, geo, layer.padding)
+        lap("region")
+        codes = hash_codes(reg, layer.planes[:hyperplanes])
+        lap("hash")
+        buckets = bucketize(codes)
+        width = int(buckets.groups.max())
+        lap("bucket")
+        merged_x = merge_inputs(reg, buckets.index, width)
+        lap("merge_inputs")
+        merged_w = merge_filters(conv.weight, buckets.index, width)
+        lap("merge_filters")
+        b = reg.shape[0]
+        out = F.conv2d(
+            merged_x.reshape(1, b * width, *geo.region),
+            merged_w.reshape(b * conv.out_channels, width, *conv.kernel_size),
+            stride=conv.stride,
+            groups=b,
+        )
+        lap("conv")
+        assemble(out.reshape(b, conv.out_channels, geo.patch, geo.patch), geo, inp.shape[0])
+        lap("assemble")
+    return totals
+
+
 def _stages(model, x, levels) -> dict:
-    """Seconds per forward spent in each stage of the CPU kernel, per level (profiling build)."""
+    """Milliseconds per forward spent in each stage of the CPU kernel, per level (profiling build), and
+    of the reference implementation at the same level."""
     kernel = engine.profiling_kernel()
     saved = engine._module
     engine._module = kernel
@@ -164,7 +223,10 @@ def _stages(model, x, levels) -> dict:
             n = 5
             for _ in range(n):
                 _at(model, x, level)
-            out[level] = {k: v / n * 1e3 for k, v in zip(engine.STAGES, kernel.stage_seconds(True))}
+            out[level] = {
+                "fused_cpu_kernel_ms": {k: v / n * 1e3 for k, v in zip(engine.STAGES, kernel.stage_seconds(True))},
+                "reference_ms": reference_stages(model, x, level),
+            }
     finally:
         engine._module = saved
     return out

@@ -1,0 +1,37 @@
+"""haste bench: the report's structure and consistency (never its timings)."""
+
+import json
+
+import pytest
+
+from haste import zoo
+from haste.cli import main
+
+pytestmark = pytest.mark.skipif(
+    not zoo.paths("fmnist-resnet18")[0].is_file(), reason="fmnist-resnet18 weights not trained yet"
+)
+
+
+def test_bench_report(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--models", "fmnist-resnet18", "--batch", "2", "--rounds", "2", "--warmup", "1",
+            "--threads", "1", "--stages", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    (model,) = report["models"]
+    (batch,) = model["batches"]
+    rows = {r["variant"]: r for r in batch["rows"]}
+    assert set(rows) == {"dense", "off", "low", "medium", "high"}
+    assert rows["dense"]["latency_ratio"] == 1.0 and rows["off"]["flops_saving"] == 0.0
+    assert 0 < rows["low"]["flops_saving"] < rows["medium"]["flops_saving"] < rows["high"]["flops_saving"] < 1
+    for r in rows.values():
+        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert r["images_per_s"] == pytest.approx(2 / (r["median_ms"] / 1e3))
+        assert r["bar"] == pytest.approx(1 - 0.5 * r["flops_saving"])
+    stages = batch["stages"]["high"]
+    assert set(stages["fused_cpu_kernel_ms"]) >= {"hash", "bucket", "merge", "gemm"}
+    assert set(stages["reference_ms"]) >= {"hash", "bucket", "merge_filters", "conv"}
+    capsys.readouterr()
+    assert main(["bench", "--markdown", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("| fmnist-resnet18 |") == 5
