@@ -96,6 +96,37 @@ inline void micro32(int64_t k, int64_t o, int64_t oc, const float* a, const int*
   }
 }
 
+struct Micro16 {
+  template <int PB>
+  static void run(int64_t k, int64_t o, int64_t oc, const float* a, const int* base, const int* off, const float* f,
+                  float* const* out, const float* bias) {
+    micro<PB>(k, o, oc, a, base, off, f, out, bias);
+  }
+};
+
+struct Micro32 {
+  template <int PB>
+  static void run(int64_t k, int64_t o, int64_t oc, const float* a, const int* base, const int* off, const float* f,
+                  float* const* out, const float* bias) {
+    micro32<PB>(k, o, oc, a, base, off, f, out, bias);
+  }
+};
+
+// The micro-kernel instantiated for the pixel count pb (1..8) of this block.
+template <typename M, typename... Args>
+inline void by_pixels(int64_t pb, Args... args) {
+  switch (pb) {
+    case 8: M::template run<8>(args...); break;
+    case 7: M::template run<7>(args...); break;
+    case 6: M::template run<6>(args...); break;
+    case 5: M::template run<5>(args...); break;
+    case 4: M::template run<4>(args...); break;
+    case 3: M::template run<3>(args...); break;
+    case 2: M::template run<2>(args...); break;
+    default: M::template run<1>(args...); break;
+  }
+}
+
 // out[q][0..o) = bias + sum_j a[base[q] + off[j]] * f[j][0..o): implicit im2col, written in place.
 void gemm_implicit(int64_t np, int64_t k, int64_t o, const float* a, const int* base, const int* off,
                    const float* f, float* const* out, const float* bias) {
@@ -105,30 +136,8 @@ void gemm_implicit(int64_t np, int64_t k, int64_t o, const float* a, const int* 
     const int* bp = base + p0;
     float* const* op = out + p0;
     int64_t oc = 0;
-    for (; oc + 32 <= o16; oc += 32) {
-      switch (pb) {
-        case 8: micro32<8>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 7: micro32<7>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 6: micro32<6>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 5: micro32<5>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 4: micro32<4>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 3: micro32<3>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 2: micro32<2>(k, o, oc, a, bp, off, f, op, bias); break;
-        default: micro32<1>(k, o, oc, a, bp, off, f, op, bias); break;
-      }
-    }
-    for (; oc < o16; oc += 16) {
-      switch (pb) {
-        case 8: micro<8>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 7: micro<7>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 6: micro<6>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 5: micro<5>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 4: micro<4>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 3: micro<3>(k, o, oc, a, bp, off, f, op, bias); break;
-        case 2: micro<2>(k, o, oc, a, bp, off, f, op, bias); break;
-        default: micro<1>(k, o, oc, a, bp, off, f, op, bias); break;
-      }
-    }
+    for (; oc + 32 <= o16; oc += 32) by_pixels<Micro32>(pb, k, o, oc, a, bp, off, f, op, bias);
+    for (; oc < o16; oc += 16) by_pixels<Micro16>(pb, k, o, oc, a, bp, off, f, op, bias);
     for (int64_t q = 0; q < pb; ++q)  // output channels beyond a multiple of 16
       for (int64_t oc = o16; oc < o; ++oc) {
         float acc = bias ? bias[oc] : 0.f;
