@@ -5,6 +5,7 @@ is also counted as one.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -26,10 +27,17 @@ def linear_flops(module: nn.Linear, output: torch.Tensor) -> int:
     return output[0].numel() * module.in_features
 
 
+@functools.lru_cache(maxsize=256)
+def _tile_weights(geo: Geometry) -> torch.Tensor:
+    """(tiles, 2) float64: valid output pixels of every tile, and a column of ones."""
+    valid = geo.valid_pixels().to(torch.float64)
+    return torch.stack([valid, torch.ones_like(valid)], 1)
+
+
 def haste_flops(
     geo: Geometry, groups: torch.Tensor, *, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image (dense, executed, overhead) multiply-adds of one HASTE conv.
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Per-image (dense, executed, overhead, mean buckets per tile) of one HASTE conv, multiply-adds.
 
     Args:
         geo: the tiling.
@@ -40,19 +48,23 @@ def haste_flops(
     Overhead per tile: projection (C * nnz), centring the projections (2 * C * L: mean over channels
     and subtraction), sorting the codes (C * ceil(log2 C)), input merge (C * region pixels) and
     filter merge (C_out * (C - G) * k^2). Only the valid output pixels of edge tiles are counted for
-    the dense and merged convolutions.
+    the dense and merged convolutions. One small matrix product per call; the rest is Python arithmetic.
     """
     kk = geo.kernel[0] * geo.kernel[1]
-    valid = geo.valid_pixels(groups.device).to(torch.float64)  # T
-    g = groups.reshape(-1, geo.count).to(torch.float64)  # N, T
-    dense = torch.full((g.shape[0],), float(c_out * c_in * kk) * float(valid.sum()), dtype=torch.float64)
-    executed = c_out * kk * (g * valid).sum(dim=1)
+    weights = _tile_weights(geo)
+    sums = (
+        groups.reshape(-1, geo.count).to(device="cpu", dtype=torch.float64) @ weights
+    ).tolist()  # N x (sum G*valid, sum G)
+    valid_total = float(weights[:, 0].sum())
+    dense = float(c_out * c_in * kk) * valid_total
     region = geo.region[0] * geo.region[1]
     per_tile = (
         c_in * used_planes_nnz + 2 * c_in * hyperplanes + c_in * math.ceil(math.log2(max(c_in, 2))) + c_in * region
     )
-    overhead = geo.count * per_tile + c_out * kk * (c_in - g).sum(dim=1)
-    return dense.to(groups.device), executed, overhead
+    executed = [c_out * kk * gv for gv, _ in sums]
+    overhead = [geo.count * per_tile + c_out * kk * (c_in * geo.count - g) for _, g in sums]
+    buckets = [g / geo.count for _, g in sums]
+    return [dense] * len(sums), executed, overhead, buckets
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -86,10 +86,8 @@ class HasteConv2d(nn.Module):
             y = conv._conv_forward(x, conv.weight, conv.bias)  # what conv(x) runs, without a 2nd module call
             if collector is not None:
                 kh, kw = self.conv.kernel_size
-                per = torch.full(
-                    (y.shape[0],), float(y[0].numel() * self.conv.in_channels * kh * kw), dtype=torch.float64
-                )
-                collector.add(self.name, "haste", per, per, torch.zeros_like(per), channels=self.conv.in_channels)
+                per = [float(y[0].numel() * self.conv.in_channels * kh * kw)] * y.shape[0]
+                collector.add(self.name, "haste", per, per, [0.0] * y.shape[0], channels=self.conv.in_channels)
             return y
         if x.dim() != 4:
             raise ValueError(
@@ -123,7 +121,7 @@ class HasteConv2d(nn.Module):
             geo = result.geometry or geometry(
                 tuple(x.shape[2:]), self.conv.kernel_size, self.conv.stride, self.padding, self.patch_size
             )
-            dense, executed, overhead = haste_flops(
+            dense, executed, overhead, buckets = haste_flops(
                 geo,
                 result.groups,
                 c_in=self.conv.in_channels,
@@ -131,15 +129,8 @@ class HasteConv2d(nn.Module):
                 used_planes_nnz=self._nnz[hyperplanes],
                 hyperplanes=hyperplanes,
             )
-            buckets = result.groups.reshape(x.shape[0], -1).to(torch.float64).mean(1)
             collector.add(
-                self.name,
-                "haste",
-                dense,
-                executed,
-                overhead,
-                hyperplanes=hyperplanes,
-                buckets=buckets,
-                channels=self.conv.in_channels,
-            )
+                self.name, "haste", dense, executed, overhead,
+                hyperplanes=hyperplanes, buckets=buckets, channels=self.conv.in_channels,
+            )  # fmt: skip
         return result.output

@@ -121,7 +121,7 @@ class _Collector:
     def __init__(self, model: nn.Module, report: Report) -> None:
         self.model = model
         self.report = report
-        self.pending: torch.Tensor | None = None  # (N, 3) of the forward in progress
+        self.pending: list[list[float]] | None = None  # per image [dense, executed, overhead] of this forward
         from .module import HasteConv2d
 
         inner = {id(m.conv) for m in model.modules() if isinstance(m, HasteConv2d)}
@@ -133,22 +133,29 @@ class _Collector:
         self.haste = {id(m) for m in model.modules() if isinstance(m, HasteConv2d)}
 
     def add(self, name: str, kind: str, dense, executed, overhead, *, hyperplanes=0, buckets=None, channels=0):
-        """Record per-image tensors (N,) of one layer call."""
-        rows = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in (dense, executed, overhead)], 1)
+        """Record per-image lists (floats, one per image) of one layer call."""
+        n = len(dense)
         stats = self.report.layers.setdefault(name, LayerStats(kind=kind))
-        stats.images += rows.shape[0]
-        stats.dense += float(rows[:, 0].sum())
-        stats.executed += float(rows[:, 1].sum())
-        stats.overhead += float(rows[:, 2].sum())
+        stats.images += n
+        stats.dense += sum(dense)
+        stats.executed += sum(executed)
+        stats.overhead += sum(overhead)
         stats.hyperplanes = hyperplanes
         stats.channels = channels
-        stats.buckets += float(buckets.sum()) if buckets is not None else channels * rows.shape[0]
-        self.pending = rows if self.pending is None or self.pending.shape != rows.shape else self.pending + rows
+        stats.buckets += sum(buckets) if buckets is not None else channels * n
+        rows = list(zip(dense, executed, overhead))
+        if self.pending is None or len(self.pending) != n:
+            self.pending = [list(r) for r in rows]
+        else:
+            for acc, row in zip(self.pending, rows):
+                acc[0] += row[0]
+                acc[1] += row[1]
+                acc[2] += row[2]
 
     def flush(self) -> None:
         if self.pending is not None:
-            self.report.per_image.extend(tuple(map(float, row)) for row in self.pending)
-            self.report.images += self.pending.shape[0]
+            self.report.per_image.extend(tuple(row) for row in self.pending)
+            self.report.images += len(self.pending)
             self.report.forwards += 1
         self.pending = None
 
@@ -158,9 +165,8 @@ class _Collector:
         key = id(module)
         if key in self.names and key not in self.haste and isinstance(output, torch.Tensor):
             n = output.shape[0]
-            flops = conv_flops(module, output) if isinstance(module, nn.Conv2d) else linear_flops(module, output)
-            per = torch.full((n,), float(flops), dtype=torch.float64)
-            self.add(self.names[key], "dense", per, per, torch.zeros(n, dtype=torch.float64))
+            flops = float(conv_flops(module, output) if isinstance(module, nn.Conv2d) else linear_flops(module, output))
+            self.add(self.names[key], "dense", [flops] * n, [flops] * n, [0.0] * n)
         if module is self.model:
             self.flush()
 
