@@ -31,7 +31,30 @@ def uncentred_codes(regions: torch.Tensor, planes: torch.Tensor) -> torch.Tensor
     return ((proj > 0).to(torch.int64) * weights).sum(dim=-1)
 
 
+def euclidean_codes(width: float):
+    """Quantised projections (p-stable / E2LSH style) instead of their signs: code = the tuple of
+    ``floor(<z_c, R_l> / (width * rms) + u_l)``, z_c centred across channels as in HASTE, rms the root
+    mean square of the region's centred projections (so ``width`` is relative and data-free), u_l a fixed
+    uniform offset per hyperplane. Channels share a bucket only if their centred vectors are close in
+    Euclidean distance, not just in angle: sign hashes put every flat (constant) channel of a region in
+    one of two buckets whatever their values, which is what merging by averaging gets wrong."""
+
+    def codes(regions: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+        proj = torch.matmul(regions, planes.to(regions.dtype).t())  # B, C, L
+        proj = proj - proj.mean(dim=1, keepdim=True)
+        rms = proj.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-12)
+        gen = torch.Generator().manual_seed(planes.shape[1])
+        offsets = torch.rand(planes.shape[0], generator=gen, dtype=torch.float64).to(proj.dtype)
+        mix = torch.randint(1, 2**61, (planes.shape[0],), generator=gen, dtype=torch.int64) * 2 + 1
+        q = torch.floor(proj / (width * rms) + offsets).to(torch.int64)
+        return (q * mix.to(q.device)).sum(dim=-1)
+
+    return codes
+
+
 VARIANTS = {"uncentred": uncentred_codes}
+for _w in (0.125, 0.25, 0.5, 1.0, 2.0):
+    VARIANTS[f"euclidean{_w:g}"] = euclidean_codes(_w)
 
 
 def main(argv: list[str] | None = None) -> int:
