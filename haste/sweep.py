@@ -195,6 +195,10 @@ def sweep(
         previous = json.loads(base.with_suffix(".json").read_text())
         if all(previous.get(k) == result[k] for k in ("model", "dataset", "split", "images")):
             done = {_key(r): r for r in previous["rows"]}
+            result["commands"] = [c for c in previous.get("commands", [previous.get("command")]) if c]
+    result.setdefault("commands", [])
+    if command and command not in result["commands"]:
+        result["commands"].append(command)
     grid = list(itertools.product(patch_size, sparsity, hash, start_layer, include_pointwise, schedule))
     total = len(grid) * len(seeds) * len(hyperplanes)
     for i, (point, seed, planes) in enumerate(itertools.product(grid, seeds, hyperplanes)):
@@ -212,8 +216,8 @@ def sweep(
             f"(drop {row['drop_points']:.2f}) saving {100 * row['saving']:.2f}% ({row['seconds']:.0f}s)"
         )
         if base:
-            write(result, base)
-    result["rows"].extend(done.values())  # runs of a larger earlier grid are kept
+            write({**result, "rows": [*result["rows"], *done.values()]}, base)
+    result["rows"].extend(done.values())  # runs of earlier grids in the same file are kept
     if base:
         write(result, base, plot=True)
     else:
@@ -233,7 +237,7 @@ def write(result: dict, base: Path, *, plot: bool = False) -> None:
     """Write ``base``.json (rows and summary) and ``base``.csv; with ``plot``, ``base``.png."""
     from .plots import tradeoff
 
-    result["summary"] = summarize(result["rows"])
+    result["summary"] = summarize(result["rows"])  # also set on the caller's dict when it is passed
     base.parent.mkdir(parents=True, exist_ok=True)
     tmp = base.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
