@@ -10,7 +10,7 @@ HASTE=${HASTE:-haste}
 LIMIT=${LIMIT:-2500}
 THREADS=${THREADS:-1}
 for model in "$@"; do
-  $HASTE sweep --model "$model" --hyperplanes 5 6 7 8 10 --seeds 0 1 2 --threads "$THREADS" --limit "$LIMIT" \
+  $HASTE sweep --model "$model" --hyperplanes 6 8 10 12 14 16 --seeds 0 1 2 --threads "$THREADS" --limit "$LIMIT" \
     --out "results/sweep-$model"
   $HASTE calibrate --model "$model" --sweep "results/sweep-$model.json" --threads "$THREADS" \
     --out "results/calibrate-$model" --write-card
