@@ -23,9 +23,10 @@ from types import MappingProxyType
 #: Largest number of hyperplanes any layer samples; a level uses the first L of them.
 MAX_HYPERPLANES = 24
 
-#: Data-free default levels: name -> number of hyperplanes (0 = dense). Reference models carry
+#: Data-free default levels: name -> number of hyperplanes (0 = dense), the strictest uniform setting that
+#: met the 0.5 / 1.0 / 2.0-point budgets on all three reference models (README, Results). Reference models carry
 #: calibrated per-layer tables in their model card, which take precedence (see haste.zoo).
-LEVELS: Mapping[str, int] = MappingProxyType({"off": 0, "low": 14, "medium": 10, "high": 7})
+LEVELS: Mapping[str, int] = MappingProxyType({"off": 0, "low": 16, "medium": 14, "high": 12})
 
 #: Level used by converted layers when no ``compression`` context is active.
 DEFAULT_LEVEL = "medium"

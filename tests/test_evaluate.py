@@ -57,7 +57,8 @@ def test_evaluate_json(tiny, capsys):
         assert isinstance(result[key], float)
     assert result["images"] == 40 and result["dataset"] == "fashion-mnist" and result["split"] == "test"
     assert 0 <= result["accuracy"] <= 1 and 0 <= result["dense_accuracy"] <= 1
-    assert 0 < result["saving"] < 1
+    # merging happened; whether it pays for its overhead depends on the model and level (it may not at L=12)
+    assert result["flops_executed"] < result["flops_dense"] and -1 < result["saving"] < 1
     saved = result["flops_dense"] - result["flops_executed"] - result["flops_overhead"]
     assert saved / result["flops_dense"] == pytest.approx(result["saving"])
     # the dense FLOPs are the model's, the first conv stays dense, the converted ones report buckets
