@@ -59,6 +59,19 @@ class LayerStats:
         """Mean number of buckets per tile (HASTE layers; the channel count for dense ones)."""
         return self.buckets / max(self.images, 1)
 
+    def as_dict(self) -> dict:
+        """Per-image means of this layer (multiply-adds), JSON-ready."""
+        return {
+            "kind": self.kind,
+            "flops_dense": self.dense_flops,
+            "flops_executed": self.executed_flops,
+            "flops_overhead": self.overhead_flops,
+            "saving": self.saving,
+            "hyperplanes": self.hyperplanes,
+            "mean_buckets": self.mean_buckets,
+            "channels": self.channels,
+        }
+
 
 @dataclass
 class Report:
@@ -101,19 +114,7 @@ class Report:
             "flops_executed": self.executed_flops,
             "flops_overhead": self.overhead_flops,
             "saving": self.saving,
-            "layers": {
-                name: {
-                    "kind": s.kind,
-                    "flops_dense": s.dense_flops,
-                    "flops_executed": s.executed_flops,
-                    "flops_overhead": s.overhead_flops,
-                    "saving": s.saving,
-                    "hyperplanes": s.hyperplanes,
-                    "mean_buckets": s.mean_buckets,
-                    "channels": s.channels,
-                }
-                for name, s in self.layers.items()
-            },
+            "layers": {name: s.as_dict() for name, s in self.layers.items()},
         }
 
 

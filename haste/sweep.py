@@ -99,19 +99,7 @@ def run_point(
     preds, labels, report = predict(model, data, level="high", batch_size=batch_size)
     row = {**options, "schedule": schedule, "seed": seed, "hyperplanes": hyperplanes}
     row.update(summarise(dense_preds, preds, labels, report, layers=False))
-    row["layers"] = {
-        name: {
-            "flops_dense": s.dense_flops,
-            "flops_executed": s.executed_flops,
-            "flops_overhead": s.overhead_flops,
-            "saving": s.saving,
-            "hyperplanes": s.hyperplanes,
-            "mean_buckets": s.mean_buckets,
-            "channels": s.channels,
-        }
-        for name, s in report.layers.items()
-        if s.kind == "haste"
-    }
+    row["layers"] = {name: s.as_dict() for name, s in report.layers.items() if s.kind == "haste"}
     return row
 
 
