@@ -97,13 +97,6 @@ class HasteConv2d(nn.Module):
             raise ValueError(
                 f"{self.name or 'HasteConv2d'} expects {self.conv.in_channels} input channels; got {x.shape[1]}"
             )
-        left, right, top, bottom = self.padding
-        kh, kw = self.conv.kernel_size
-        if x.shape[2] + top + bottom < kh or x.shape[3] + left + right < kw:
-            raise ValueError(
-                f"{self.name or 'HasteConv2d'}: input of size {tuple(x.shape[2:])} is smaller than the kernel "
-                f"{(kh, kw)} after padding"
-            )
         weight = self.conv.weight
         name = engine.choose(x, weight)
         result = engine.conv2d(

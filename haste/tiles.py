@@ -43,6 +43,19 @@ class Geometry:
         return (torch.tensor(rows)[:, None] * torch.tensor(cols)[None, :]).flatten().to(device)
 
 
+def output_size(
+    size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int, int, int]
+) -> tuple[int, int]:
+    """Conv output (h, w) of an input of ``size`` padded by (left, right, top, bottom); ValueError if the
+    padded input is smaller than the kernel."""
+    left, right, top, bottom = padding
+    padded = (size[0] + top + bottom, size[1] + left + right)
+    out = tuple((p - k) // s + 1 for p, k, s in zip(padded, kernel, stride))
+    if min(out) < 1:
+        raise ValueError(f"input of size {tuple(size)} is smaller than the kernel {tuple(kernel)} after padding")
+    return out
+
+
 def geometry(
     size: tuple[int, int],
     kernel: tuple[int, int],
@@ -52,11 +65,7 @@ def geometry(
 ) -> Geometry:
     """Tiling of a conv with ``kernel``/``stride`` on an input of ``size`` (h, w) padded by
     ``padding`` = (left, right, top, bottom), in tiles of ``patch`` x ``patch`` output pixels."""
-    left, right, top, bottom = padding
-    padded = (size[0] + top + bottom, size[1] + left + right)
-    out = tuple((p - k) // s + 1 for p, k, s in zip(padded, kernel, stride))
-    if min(out) < 1:
-        raise ValueError(f"input of size {size} is smaller than the kernel {kernel} after padding")
+    out = output_size(size, kernel, stride, padding)
     tiles = tuple(math.ceil(o / patch) for o in out)
     region = tuple((patch - 1) * s + k for s, k in zip(stride, kernel))
     step = tuple(patch * s for s in stride)

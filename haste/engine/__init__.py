@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..functional import Result, haste_conv2d
+from ..tiles import output_size
 
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"]
 _lock = threading.Lock()
@@ -94,8 +95,9 @@ _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("haste_engi
 
 @contextlib.contextmanager
 def forced(name: str) -> Iterator[None]:
-    """Use engine ``name`` (``cpu`` or ``reference``) for the HASTE convs run in this context, where it
-    applies (``cpu`` still needs float32 CPU tensors without gradients)."""
+    """Use engine ``name`` (one of ``ENGINES``) for the HASTE convs run in this context. ``reference`` and
+    ``triton`` are used as asked; ``cpu`` is the automatic choice anyway and still needs float32 CPU
+    tensors without gradients."""
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {name!r}")
     token = _forced.set(name)
@@ -110,15 +112,11 @@ def choose(x: torch.Tensor, weight: torch.Tensor) -> str:
     forced_engine = _forced.get()
     if forced_engine in ("reference", "triton"):
         return forced_engine
-    if x.device.type == "cuda" and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return "reference"  # the only differentiable engine
+    if x.device.type == "cuda":
         return "triton" if _triton_available() else "reference"
-    if (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and _load() is not None
-    ):
+    if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and _load() is not None:
         return "cpu"
     return "reference"
 
@@ -156,6 +154,7 @@ def conv2d(
     if engine != "cpu" or _load() is None:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)} (cpu unavailable: {unavailable}); got {engine!r}")
     kh, kw = weight.shape[2:]
+    output_size(tuple(x.shape[2:]), (kh, kw), stride, padding)  # ValueError, as the other engines
     y, groups = _module.haste_conv2d_cpu(
         x,  # NCHW or channels-last; the kernel handles both
         weight_layout(weight) if weight_t is None else weight_t,
