@@ -34,35 +34,44 @@ def _tile_weights(geo: Geometry) -> torch.Tensor:
     return torch.stack([valid, torch.ones_like(valid)], 1)
 
 
+@functools.lru_cache(maxsize=256)
+def _layer_constants(geo: Geometry, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int):
+    """(dense per image, executed per bucket-pixel, overhead per image before the filter-merge saving)."""
+    kk = geo.kernel[0] * geo.kernel[1]
+    valid_total = float(geo.valid_pixels().sum())
+    region = geo.region[0] * geo.region[1]
+    per_tile = (
+        c_in * used_planes_nnz + 2 * c_in * hyperplanes + c_in * math.ceil(math.log2(max(c_in, 2))) + c_in * region
+    )
+    return float(c_out * c_in * kk) * valid_total, float(c_out * kk), float(geo.count * (per_tile + c_out * kk * c_in))
+
+
+def tile_sums(geo: Geometry, groups: torch.Tensor) -> list[list[float]]:
+    """Per image [sum over tiles of buckets x valid output pixels, sum of buckets] from the
+    (N * tiles,) buckets per tile (the CPU kernel returns these sums itself)."""
+    return (groups.reshape(-1, geo.count).to(device="cpu", dtype=torch.float64) @ _tile_weights(geo)).tolist()
+
+
 def haste_flops(
-    geo: Geometry, groups: torch.Tensor, *, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int
+    geo: Geometry, sums: list[list[float]], *, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int
 ) -> tuple[list[float], list[float], list[float], list[float]]:
     """Per-image (dense, executed, overhead, mean buckets per tile) of one HASTE conv, multiply-adds.
 
     Args:
         geo: the tiling.
-        groups: (N * tiles,) buckets per tile.
+        sums: per image [sum of G x valid output pixels, sum of G] over its tiles (``tile_sums``).
         used_planes_nnz: non-zero entries in the hyperplanes used (ternary: additions per channel).
         hyperplanes: L.
 
     Overhead per tile: projection (C * nnz), centring the projections (2 * C * L: mean over channels
     and subtraction), sorting the codes (C * ceil(log2 C)), input merge (C * region pixels) and
     filter merge (C_out * (C - G) * k^2). Only the valid output pixels of edge tiles are counted for
-    the dense and merged convolutions. One small matrix product per call; the rest is Python arithmetic.
+    the dense and merged convolutions.
     """
-    kk = geo.kernel[0] * geo.kernel[1]
-    weights = _tile_weights(geo)
-    sums = (
-        groups.reshape(-1, geo.count).to(device="cpu", dtype=torch.float64) @ weights
-    ).tolist()  # N x (sum G*valid, sum G)
-    valid_total = float(weights[:, 0].sum())
-    dense = float(c_out * c_in * kk) * valid_total
-    region = geo.region[0] * geo.region[1]
-    per_tile = (
-        c_in * used_planes_nnz + 2 * c_in * hyperplanes + c_in * math.ceil(math.log2(max(c_in, 2))) + c_in * region
-    )
-    executed = [c_out * kk * gv for gv, _ in sums]
-    overhead = [geo.count * per_tile + c_out * kk * (c_in * geo.count - g) for _, g in sums]
+    dense, per_bucket_pixel, overhead_max = _layer_constants(geo, c_in, c_out, used_planes_nnz, hyperplanes)
+    kk_out = c_out * geo.kernel[0] * geo.kernel[1]
+    executed = [per_bucket_pixel * gv for gv, _ in sums]
+    overhead = [overhead_max - kk_out * g for _, g in sums]
     buckets = [g / geo.count for _, g in sums]
     return [dense] * len(sums), executed, overhead, buckets
 

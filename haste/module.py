@@ -7,11 +7,11 @@ from torch import nn
 
 from . import engine
 from . import levels as _levels
-from .flops import haste_flops
+from .flops import haste_flops, tile_sums
 from .functional import conv_padding
 from .lsh import sample_hyperplanes
 from .profile import active
-from .tiles import geometry
+from .tiles import Geometry, geometry
 
 
 class HasteConv2d(nn.Module):
@@ -57,6 +57,9 @@ class HasteConv2d(nn.Module):
         self.register_buffer("planes", planes.to(conv.weight.device, conv.weight.dtype), persistent=False)
         # Additions per channel for the first L planes (projection cost), precomputed per L.
         self._layout_cache = None
+        self._operand_cache: dict[int, tuple] = {}
+        self._geometry: dict[tuple[int, int], Geometry] = {}
+        self._static = (conv.kernel_size, conv.stride, self.padding, patch_size)  # the kernel's geometry args
         self._nnz = [0, *torch.count_nonzero(planes, dim=1).cumsum(0).tolist()]
 
     def extra_repr(self) -> str:
@@ -70,6 +73,38 @@ class HasteConv2d(nn.Module):
             cached = (key, engine.weight_layout(weight))
             self._layout_cache = cached
         return cached[1]
+
+    def _cpu_operands(self, hyperplanes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weight layout, bias, first ``hyperplanes`` planes) for the CPU kernel, cached per level until
+        the weight or bias is replaced or changed in place (``_apply``, e.g. ``.to()``, clears it)."""
+        conv = self.conv
+        weight, bias = conv.weight, conv.bias
+        cached = self._operand_cache.get(hyperplanes)
+        if (
+            cached is None
+            or cached[0] is not weight
+            or cached[1] != weight._version
+            or cached[2] is not bias
+            or (bias is not None and cached[3] != bias._version)
+        ):
+            bias_t = engine.EMPTY if bias is None else bias.detach()
+            operands = (self._weight_layout(weight), bias_t, self.planes[:hyperplanes].contiguous())
+            cached = (weight, weight._version, bias, None if bias is None else bias._version, operands)
+            self._operand_cache[hyperplanes] = cached
+        return cached[4]
+
+    def _apply(self, fn, recurse=True):
+        self._operand_cache = {}
+        self._layout_cache = None
+        return super()._apply(fn, recurse)
+
+    def _geometry_for(self, size: tuple[int, int]) -> Geometry:
+        """The tiling for inputs of ``size`` (ValueError if the conv has no output), memoised per size."""
+        geo = self._geometry.get(size)
+        if geo is None:
+            geo = geometry(size, self.conv.kernel_size, self.conv.stride, self.padding, self.patch_size)
+            self._geometry[size] = geo
+        return geo
 
     def hyperplanes(self, setting: _levels.Setting | None = None) -> int:
         """Hyperplanes this layer uses for ``setting`` (default: the current context's); 0 = dense."""
@@ -99,31 +134,29 @@ class HasteConv2d(nn.Module):
             )
         weight = self.conv.weight
         name = engine.choose(x, weight)
-        result = engine.conv2d(
-            x,
-            weight,
-            self.conv.bias,
-            stride=self.conv.stride,
-            padding=self.padding,
-            patch=self.patch_size,
-            planes=self.planes[:hyperplanes],
-            engine=name,
-            weight_t=self._weight_layout(weight) if name == "cpu" else None,
-        )
-        if collector is not None:
-            geo = result.geometry or geometry(
-                tuple(x.shape[2:]), self.conv.kernel_size, self.conv.stride, self.padding, self.patch_size
-            )
-            dense, executed, overhead, buckets = haste_flops(
-                geo,
-                result.groups,
-                c_in=self.conv.in_channels,
-                c_out=self.conv.out_channels,
-                used_planes_nnz=self._nnz[hyperplanes],
-                hyperplanes=hyperplanes,
-            )
-            collector.add(
-                self.name, "haste", dense, executed, overhead,
-                hyperplanes=hyperplanes, buckets=buckets, channels=self.conv.in_channels,
+        size = (x.shape[2], x.shape[3])
+        if name == "cpu":  # the per-call fast path: operands cached, sizes checked once
+            geo = self._geometry.get(size) or self._geometry_for(size)
+            y, _, sums = engine.cpu_conv2d(x, *self._cpu_operands(hyperplanes), *self._static)
+            if collector is None:
+                return y
+            sums = sums.tolist()
+        else:
+            result = engine.conv2d(
+                x, weight, self.conv.bias, stride=self.conv.stride, padding=self.padding, patch=self.patch_size,
+                planes=self.planes[:hyperplanes], engine=name,
             )  # fmt: skip
-        return result.output
+            y = result.output
+            if collector is None:
+                return y
+            geo = result.geometry or self._geometry_for(size)
+            sums = tile_sums(geo, result.groups)
+        dense, executed, overhead, buckets = haste_flops(
+            geo, sums, c_in=self.conv.in_channels, c_out=self.conv.out_channels,
+            used_planes_nnz=self._nnz[hyperplanes], hyperplanes=hyperplanes,
+        )  # fmt: skip
+        collector.add(
+            self.name, "haste", dense, executed, overhead,
+            hyperplanes=hyperplanes, buckets=buckets, channels=self.conv.in_channels,
+        )  # fmt: skip
+        return y

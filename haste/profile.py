@@ -123,15 +123,13 @@ class _Collector:
         self.model = model
         self.report = report
         self.pending: list[list[float]] | None = None  # per image [dense, executed, overhead] of this forward
-        from .module import HasteConv2d
+        self._names: dict[int, str] | None = None  # dense layers' names, built when the first one runs
 
-        inner = {id(m.conv) for m in model.modules() if isinstance(m, HasteConv2d)}
-        self.names = {
-            id(m): name
-            for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in inner
-        }
-        self.haste = {id(m) for m in model.modules() if isinstance(m, HasteConv2d)}
+    def name(self, module: nn.Module) -> str | None:
+        """Qualified name of a dense Conv2d/Linear of the model (None if it is not part of it)."""
+        if self._names is None:
+            self._names = {id(m): n for n, m in self.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        return self._names.get(id(module))
 
     def add(self, name: str, kind: str, dense, executed, overhead, *, hyperplanes=0, buckets=None, channels=0):
         """Record per-image lists (floats, one per image) of one layer call."""
@@ -163,11 +161,16 @@ class _Collector:
     def hook(self, module: nn.Module, args: tuple, output) -> None:
         if _collector.get() is not self:
             return
-        key = id(module)
-        if key in self.names and key not in self.haste and isinstance(output, torch.Tensor):
-            n = output.shape[0]
-            flops = float(conv_flops(module, output) if isinstance(module, nn.Conv2d) else linear_flops(module, output))
-            self.add(self.names[key], "dense", [flops] * n, [flops] * n, [0.0] * n)
+        # HasteConv2d records itself and runs its wrapped conv without a module call, so every
+        # Conv2d/Linear seen here runs dense
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and isinstance(output, torch.Tensor):
+            name = self.name(module)
+            if name is not None:
+                n = output.shape[0]
+                flops = float(
+                    conv_flops(module, output) if isinstance(module, nn.Conv2d) else linear_flops(module, output)
+                )
+                self.add(name, "dense", [flops] * n, [flops] * n, [0.0] * n)
         if module is self.model:
             self.flush()
 
@@ -181,16 +184,24 @@ def active() -> _Collector | None:
 
 
 @contextlib.contextmanager
-def profile(model: nn.Module) -> Iterator[Report]:
+def profile(model: nn.Module, *, dense_layers: bool = True) -> Iterator[Report]:
     """Collect per-image dense / executed / overhead multiply-adds of the forwards of ``model`` run in
-    this context (thread or task) inside the block. Yields a Report filled as forwards run."""
+    this context (thread or task) inside the block. Yields a Report filled as forwards run.
+
+    ``dense_layers=False`` records the HASTE layers only, without the global module hook that sees
+    the other Conv2d/Linear layers and the end of each forward (that hook slows every module call):
+    the report's rows then cover the HASTE layers of exactly one forward, closed when the block
+    exits. Their dense - executed - overhead is the whole model's saving (the other layers run
+    dense); the service uses this per batch.
+    """
     report = Report()
     collector = _Collector(model, report)
     token = _collector.set(collector)
-    handle = nn.modules.module.register_module_forward_hook(collector.hook)
+    handle = nn.modules.module.register_module_forward_hook(collector.hook) if dense_layers else None
     try:
         yield report
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
         _collector.reset(token)
         collector.flush()

@@ -59,7 +59,7 @@ def train(name: str, *, out_dir: Path | None = None, data_dir: str | None = None
     test_x, test_y = fashion_mnist("test", data_dir)
     x, tx = inputs(train_x, spec_entry.spec), inputs(test_x, spec_entry.spec)
     model = build(spec_entry.arch, width=spec_entry.width, in_channels=spec_entry.spec.channels,
-                  num_classes=len(spec_entry.labels))  # fmt: skip
+                  num_classes=len(spec_entry.labels)).to(memory_format=torch.channels_last)  # fmt: skip
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD(
@@ -76,7 +76,7 @@ def train(name: str, *, out_dir: Path | None = None, data_dir: str | None = None
         total = 0.0
         for step in range(steps_per_epoch):
             idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-            logits = model(_augment(x[idx], gen))
+            logits = model(_augment(x[idx], gen).contiguous(memory_format=torch.channels_last))
             loss = F.cross_entropy(logits, train_y[idx], label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()

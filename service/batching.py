@@ -5,8 +5,9 @@ request has waited longest and runs it as soon as ``max_batch_size`` requests of
 the oldest has waited ``max_batch_delay``, or no other request of that level is on its way (admitted and
 still being read or decoded): waiting cannot grow the batch then, so a lone request does not pay the
 delay. Requests past their deadline, or abandoned by their handler, are dropped before execution. The
-level is set with ``haste.compression`` inside the worker; per-image FLOPs come from ``haste.profile``
-(level off runs unprofiled: its FLOPs are the dense count, measured once at start).
+level is set with ``haste.compression`` inside the worker; per-image FLOPs are the dense count, measured
+once at start, minus what the HASTE layers saved (``haste.profile(dense_layers=False)``; level off runs
+unprofiled).
 """
 
 from __future__ import annotations
@@ -211,13 +212,14 @@ class Batcher:
         x = torch.stack([job.inputs for job in jobs]).to(self.served.device)
         t0 = time.perf_counter()
         with torch.inference_mode(), haste.compression(level):
-            if level == "off" and self._dense_flops is not None:
+            if level == "off":
                 logits = model(x)
                 rows = [(self._dense_flops, self._dense_flops, 0.0)] * len(jobs)
-            else:
-                with haste.profile(model) as report:
+            else:  # HASTE layers only (cheap); the other layers run dense: executed = dense - saved
+                with haste.profile(model, dense_layers=False) as report:
                     logits = model(x)
-                rows = report.per_image
+                dense = self._dense_flops
+                rows = [(dense, dense - (d - e - o), 0.0) for d, e, o in report.per_image]
         probs = logits.float().softmax(dim=1).cpu()
         seconds = time.perf_counter() - t0
         if len(rows) != len(jobs):  # should not happen: one forward of the whole model per batch

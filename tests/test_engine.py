@@ -7,6 +7,7 @@ from torch import nn
 
 import haste
 from haste import engine
+from haste.flops import tile_sums
 from haste.functional import conv_padding
 from haste.lsh import sample_hyperplanes
 
@@ -40,6 +41,29 @@ def test_cpu_engine_matches_reference(c_in, c_out, k, stride, pad, size, patch, 
         ref = engine.conv2d(x, conv.weight, conv.bias, engine="reference", **args)
         cpu = engine.conv2d(x, conv.weight, conv.bias, engine="cpu", **args)
     assert torch.equal(ref.groups, cpu.groups.to(torch.int64))
+    torch.testing.assert_close(cpu.output, ref.output, rtol=1e-5, atol=1e-5)
+    # the kernel's per-image FLOPs sums equal those computed from the reference's buckets per tile
+    operands = (engine.weight_layout(conv.weight), conv.bias.detach(), planes.contiguous())
+    _, _, sums = engine.cpu_conv2d(x, *operands, conv.kernel_size, conv.stride, conv_padding(conv), patch)
+    assert sums.tolist() == tile_sums(ref.geometry, ref.groups)
+
+
+@pytest.mark.parametrize("c_out", [72, 40, 256])
+def test_single_tile_gemm_split_over_threads_matches_reference(c_out):
+    """One image, one tile, more threads than tiles: the kernel splits the GEMM by output channels."""
+    conv = nn.Conv2d(24, c_out, 3, padding=1)
+    x = torch.randint(-3, 4, (1, 24, 4, 4)).float()
+    planes = sample_hyperplanes(6, 36, family="ternary", seed=3)
+    args = dict(stride=conv.stride, padding=conv_padding(conv), patch=4, planes=planes)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            ref = engine.conv2d(x, conv.weight, conv.bias, engine="reference", **args)
+            cpu = engine.conv2d(x, conv.weight, conv.bias, engine="cpu", **args)
+    finally:
+        torch.set_num_threads(threads)
+    assert cpu.groups.tolist() == ref.groups.tolist() and ref.groups.item() < 24  # some buckets merged
     torch.testing.assert_close(cpu.output, ref.output, rtol=1e-5, atol=1e-5)
 
 
@@ -88,6 +112,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import torch
 from torch import nn
 from haste import engine
+from haste.flops import tile_sums
 from haste.functional import conv_padding
 from haste.lsh import sample_hyperplanes
 torch.manual_seed(0)

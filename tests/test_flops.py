@@ -68,6 +68,23 @@ def test_profile_counts_per_image():
     assert constant == again
 
 
+def test_profile_of_haste_layers_only_gives_the_same_saving():
+    """dense_layers=False (no global hook, as the service uses it): the HASTE layers' saving per image
+    equals the saving of the full profile, and the layers listed are the HASTE layers only."""
+    model = haste.convert(torchvision.models.resnet18(num_classes=10).eval())
+    x = torch.cat([torch.zeros(1, 3, 32, 32), torch.randn(2, 3, 32, 32)])
+    with torch.no_grad(), haste.compression("high"):
+        with haste.profile(model) as full:
+            model(x)
+        with haste.profile(model, dense_layers=False) as light:
+            model(x)
+    assert light.forwards == 1 and light.images == 3
+    assert set(light.layers) == {n for n, s in full.layers.items() if s.kind == "haste"}
+    for (dense, executed, overhead), (d, e, o) in zip(full.per_image, light.per_image):
+        assert d < dense and dense - executed - overhead == pytest.approx(d - e - o, rel=1e-12)
+        assert d - e - o > 0
+
+
 def test_profile_ignores_other_threads():
     import threading
 

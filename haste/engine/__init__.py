@@ -114,9 +114,10 @@ def choose(x: torch.Tensor, weight: torch.Tensor) -> str:
         return forced_engine
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return "reference"  # the only differentiable engine
-    if x.device.type == "cuda":
+    device = x.device.type
+    if device == "cuda":
         return "triton" if _triton_available() else "reference"
-    if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and _load() is not None:
+    if device == "cpu" and x.dtype == weight.dtype == torch.float32 and (_module is not None or _load() is not None):
         return "cpu"
     return "reference"
 
@@ -153,16 +154,24 @@ def conv2d(
         return triton_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes)
     if engine != "cpu" or _load() is None:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)} (cpu unavailable: {unavailable}); got {engine!r}")
-    kh, kw = weight.shape[2:]
-    output_size(tuple(x.shape[2:]), (kh, kw), stride, padding)  # ValueError, as the other engines
-    y, groups = _module.haste_conv2d_cpu(
-        x,  # NCHW or channels-last; the kernel handles both
+    kernel = tuple(weight.shape[2:])
+    output_size(tuple(x.shape[2:]), kernel, stride, padding)  # ValueError, as the other engines
+    y, groups, _ = cpu_conv2d(
+        x,
         weight_layout(weight) if weight_t is None else weight_t,
-        _EMPTY if bias is None else bias.detach(),
+        EMPTY if bias is None else bias.detach(),
         planes.contiguous(),
-        kh, kw, stride[0], stride[1], *padding, patch,
+        kernel, stride, padding, patch,
     )  # fmt: skip
     return Result(y, None, groups)
 
 
-_EMPTY = torch.empty(0)
+def cpu_conv2d(x, weight_t, bias, planes, kernel, stride, padding, patch) -> list[torch.Tensor]:
+    """The CPU kernel without checks or conversions: ``weight_t`` from ``weight_layout``, ``bias`` a
+    detached tensor (``EMPTY`` for none), ``planes`` contiguous, the input size already checked
+    (``tiles.output_size``). Returns [channels-last output, buckets per tile, per-image sums (N, 2) as
+    ``flops.tile_sums``]. The per-call fast path of ``HasteConv2d``; use ``conv2d`` otherwise."""
+    return _module.haste_conv2d_cpu(x, weight_t, bias, planes, *kernel, *stride, *padding, patch)
+
+
+EMPTY = torch.empty(0)

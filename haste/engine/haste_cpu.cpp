@@ -5,9 +5,10 @@
 // first L hyperplanes (all L projections of a channel in vector registers, four channels at a time),
 // centre the projections across channels, turn signs into integer codes, group equal codes into
 // buckets (a stamped lookup table; a sort when L is large), average the inputs and sum the filter
-// rows of every bucket with full-vector rows, and multiply the merged channels with the merged
-// filters for the tile's valid output pixels only, in a register-blocked micro-kernel that reads the
-// merged regions in place (implicit im2col). Codes and bucket counts equal those of the reference
+// rows of the buckets with more than one member (singletons are read where they are: their region
+// in the padded input, their filter rows in the weight), and multiply the merged channels with the
+// merged filters for the tile's valid output pixels only, in a register-blocked micro-kernel that
+// reads the regions in place (implicit im2col). Codes and bucket counts equal those of the reference
 // implementation (haste/functional.py); buckets are numbered in first-occurrence order.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -50,99 +51,72 @@ inline v16 load16(const float* p) {
 
 inline void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
-// out[q][oc..oc+16) = sum_j a[base[q] + off[j]] * f[j][oc..oc+16) for PB pixels q.
-template <int PB>
-inline void micro(int64_t k, int64_t o, int64_t oc, const float* a, const int* base, const int* off,
-                  const float* f, float* const* out, const float* bias) {
-  v16 acc[PB];
-  const float* ap[PB];
-  for (int q = 0; q < PB; ++q) {
-    acc[q] = v16{};
-    ap[q] = a + base[q];
-  }
-  for (int64_t j = 0; j < k; ++j) {
-    const v16 fv = load16(f + j * o + oc);
-    const int oj = off[j];
-    for (int q = 0; q < PB; ++q) acc[q] += ap[q][oj] * fv;
-  }
-  const v16 bv = bias ? load16(bias + oc) : v16{};
-  for (int q = 0; q < PB; ++q) store16(out[q] + oc, acc[q] + bv);
-}
+// The GEMM of one tile reads every bucket where it lives: a singleton bucket's region in the padded
+// input and its filter rows in the weight; a merged bucket's mean region and summed filter rows in
+// per-thread scratch. Regions share the padded input's row stride, so pixel q of bucket b reads
+// regs[b][base[q] + koff[j]] for kernel offset j, and filts[b] points at (kh*kw, O) filter rows.
+// (Packing each pixel block's values into a panel first was measured slower: 1.1-1.9x.)
 
-// As micro, for 32 output channels: two registers per pixel, so one broadcast feeds two FMAs.
-template <int PB>
-inline void micro32(int64_t k, int64_t o, int64_t oc, const float* a, const int* base, const int* off,
-                    const float* f, float* const* out, const float* bias) {
-  v16 acc0[PB], acc1[PB];
-  const float* ap[PB];
-  for (int q = 0; q < PB; ++q) {
-    acc0[q] = v16{};
-    acc1[q] = v16{};
-    ap[q] = a + base[q];
-  }
-  for (int64_t j = 0; j < k; ++j) {
-    const v16 f0 = load16(f + j * o + oc), f1 = load16(f + j * o + oc + 16);
-    const int oj = off[j];
-    for (int q = 0; q < PB; ++q) {
-      const float av = ap[q][oj];
-      acc0[q] += av * f0;
-      acc1[q] += av * f1;
+// out[q][oc..oc+16*NV) = sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc..oc+16*NV), PB pixels q.
+template <int PB, int NV>
+inline void micro(int64_t ng, int64_t kk, int64_t o, int64_t oc, const float* const* regs, const float* const* filts,
+                  const int* base, const int* koff, float* const* out, const float* bias) {
+  v16 acc[NV][PB];
+  for (int v = 0; v < NV; ++v)
+    for (int q = 0; q < PB; ++q) acc[v][q] = v16{};
+  for (int64_t b = 0; b < ng; ++b) {
+    const float* ap[PB];
+    for (int q = 0; q < PB; ++q) ap[q] = regs[b] + base[q];
+    const float* f = filts[b] + oc;
+    for (int64_t j = 0; j < kk; ++j) {
+      v16 fv[NV];
+      for (int v = 0; v < NV; ++v) fv[v] = load16(f + j * o + 16 * v);
+      const int oj = koff[j];
+      for (int q = 0; q < PB; ++q) {
+        const float av = ap[q][oj];
+        for (int v = 0; v < NV; ++v) acc[v][q] += av * fv[v];
+      }
     }
   }
-  const v16 b0 = bias ? load16(bias + oc) : v16{}, b1 = bias ? load16(bias + oc + 16) : v16{};
-  for (int q = 0; q < PB; ++q) {
-    store16(out[q] + oc, acc0[q] + b0);
-    store16(out[q] + oc + 16, acc1[q] + b1);
+  for (int v = 0; v < NV; ++v) {
+    const v16 bv = bias ? load16(bias + oc + 16 * v) : v16{};
+    for (int q = 0; q < PB; ++q) store16(out[q] + oc + 16 * v, acc[v][q] + bv);
   }
 }
-
-struct Micro16 {
-  template <int PB>
-  static void run(int64_t k, int64_t o, int64_t oc, const float* a, const int* base, const int* off, const float* f,
-                  float* const* out, const float* bias) {
-    micro<PB>(k, o, oc, a, base, off, f, out, bias);
-  }
-};
-
-struct Micro32 {
-  template <int PB>
-  static void run(int64_t k, int64_t o, int64_t oc, const float* a, const int* base, const int* off, const float* f,
-                  float* const* out, const float* bias) {
-    micro32<PB>(k, o, oc, a, base, off, f, out, bias);
-  }
-};
 
 // The micro-kernel instantiated for the pixel count pb (1..8) of this block.
-template <typename M, typename... Args>
+template <int NV, typename... Args>
 inline void by_pixels(int64_t pb, Args... args) {
   switch (pb) {
-    case 8: M::template run<8>(args...); break;
-    case 7: M::template run<7>(args...); break;
-    case 6: M::template run<6>(args...); break;
-    case 5: M::template run<5>(args...); break;
-    case 4: M::template run<4>(args...); break;
-    case 3: M::template run<3>(args...); break;
-    case 2: M::template run<2>(args...); break;
-    default: M::template run<1>(args...); break;
+    case 8: micro<8, NV>(args...); break;
+    case 7: micro<7, NV>(args...); break;
+    case 6: micro<6, NV>(args...); break;
+    case 5: micro<5, NV>(args...); break;
+    case 4: micro<4, NV>(args...); break;
+    case 3: micro<3, NV>(args...); break;
+    case 2: micro<2, NV>(args...); break;
+    default: micro<1, NV>(args...); break;
   }
 }
 
-// out[q][0..o) = bias + sum_j a[base[q] + off[j]] * f[j][0..o): implicit im2col, written in place.
-void gemm_implicit(int64_t np, int64_t k, int64_t o, const float* a, const int* base, const int* off,
-                   const float* f, float* const* out, const float* bias) {
-  const int64_t o16 = o / 16 * 16;
+// out[q][oc0..oc1) = bias + sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc0..oc1), in place.
+void gemm_buckets(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t oc0, int64_t oc1, const float* const* regs,
+                  const float* const* filts, const int* base, const int* koff, float* const* out,
+                  const float* bias) {
+  const int64_t o16 = std::min(oc1, o / 16 * 16);
   for (int64_t p0 = 0; p0 < np; p0 += 8) {
     const int64_t pb = std::min<int64_t>(8, np - p0);
     const int* bp = base + p0;
     float* const* op = out + p0;
-    int64_t oc = 0;
-    for (; oc + 32 <= o16; oc += 32) by_pixels<Micro32>(pb, k, o, oc, a, bp, off, f, op, bias);
-    for (; oc < o16; oc += 16) by_pixels<Micro16>(pb, k, o, oc, a, bp, off, f, op, bias);
+    int64_t oc = oc0;
+    for (; oc + 32 <= o16; oc += 32) by_pixels<2>(pb, ng, kk, o, oc, regs, filts, bp, koff, op, bias);
+    for (; oc + 16 <= o16; oc += 16) by_pixels<1>(pb, ng, kk, o, oc, regs, filts, bp, koff, op, bias);
     for (int64_t q = 0; q < pb; ++q)  // output channels beyond a multiple of 16
-      for (int64_t oc = o16; oc < o; ++oc) {
-        float acc = bias ? bias[oc] : 0.f;
-        for (int64_t j = 0; j < k; ++j) acc += a[bp[q] + off[j]] * f[j * o + oc];
-        op[q][oc] = acc;
+      for (int64_t c = oc; c < oc1; ++c) {
+        float acc = bias ? bias[c] : 0.f;
+        for (int64_t b = 0; b < ng; ++b)
+          for (int64_t j = 0; j < kk; ++j) acc += regs[b][bp[q] + koff[j]] * filts[b][j * o + c];
+        op[q][c] = acc;
       }
   }
 }
@@ -198,7 +172,7 @@ struct Scratch {
   std::vector<float> proj, merged, filters;
   std::vector<int64_t> codes, stamp;
   std::vector<int> order, bucket, count, first, base, off, table;
-  std::vector<const float*> ptr;
+  std::vector<const float*> ptr, regs, filts;
   std::vector<float*> dst;
   int64_t tick = 0;
 };
@@ -209,7 +183,8 @@ constexpr int64_t kTableBits = 14;  // lookup-table bucketing up to 14 hyperplan
 
 // x: (N, C, H, W) float contiguous. wt: (C, kh*kw, O) float contiguous (weight permuted).
 // planes: (L, rh*rw) float contiguous. bias: (O,) or empty.
-// Returns (y (N, O, Hout, Wout), groups (N*Th*Tw,) int32).
+// Returns (y (N, O, Hout, Wout), groups (N*Th*Tw,) int32, sums (N, 2) float64: per image the sum over
+// tiles of buckets x valid output pixels and the sum of buckets).
 std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, torch::Tensor bias,
                                             torch::Tensor planes, int64_t kh, int64_t kw, int64_t sh,
                                             int64_t sw, int64_t pad_l, int64_t pad_r, int64_t pad_t,
@@ -230,7 +205,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   const int64_t th = (hout + patch - 1) / patch, tw = (wout + patch - 1) / patch, tiles = th * tw;
   // 0. pad once: rows/cols the tiles need, zeros outside the image; slack for full-vector over-reads
   const int64_t hp = (th * patch - 1) * sh + kh, wp = (tw * patch - 1) * sw + kw;
-  const int64_t rwp = (rw + 15) / 16 * 16;  // merged-region row stride: whole vectors
+  const int64_t rwp = (rw + 15) / 16 * 16;  // a region row read as whole vectors
   // uninitialised: the image area is copied below, only the border is zeroed
   // kept per calling thread and only grown: no page faults from a fresh allocation every call
   thread_local std::vector<float> xp_buf;
@@ -293,8 +268,8 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   const bool use_table = L <= kTableBits;
   const int64_t fo = kk * o;  // floats per filter row block of one channel
 
-  at::parallel_for(0, n * tiles, 1, [&](int64_t begin, int64_t end) {
-    // Per-thread buffers kept across calls: they only grow, and are never zero-filled in bulk.
+  // Per-thread buffers kept across calls: they only grow, and are never zero-filled in bulk.
+  auto scratch = [&]() -> Scratch& {
     thread_local Scratch s;
     grow(s.proj, c * 16 * nv);
     grow(s.codes, c);
@@ -303,145 +278,191 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     grow(s.count, c + 1);
     grow(s.first, c + 1);
     grow(s.ptr, c);
-    grow(s.merged, c * rh * rwp);
+    grow(s.regs, c);
+    grow(s.filts, c);
+    grow(s.merged, c * rh * wp + rwp);
     grow(s.filters, c * fo);
     grow(s.dst, patch * patch);
     grow(s.base, patch * patch);
-    grow(s.off, c * kk);
+    grow(s.off, kk);
     if (use_table) {
       grow(s.table, int64_t{1} << kTableBits);
       grow(s.stamp, int64_t{1} << kTableBits);
     }
-    for (int64_t t = begin; t < end; ++t) {
-      STAGE_START
-      const int64_t img = t / tiles, ty = (t % tiles) / tw, tx = t % tw;
-      const int64_t oy0 = ty * patch, ox0 = tx * patch;
-      const int64_t vh = std::min(patch, hout - oy0), vw = std::min(patch, wout - ox0);
-      // 1. regions, in place in the padded input (row stride wp)
-      const float* xi = xpd + img * c * hp * wp + (oy0 * sh) * wp + ox0 * sw;
-      for (int64_t ch = 0; ch < c; ++ch) s.ptr[ch] = xi + ch * hp * wp;
-      STAGE(kRegion)
-      // 2. projections of every channel, centred across channels; codes from the signs
-      float* proj = s.proj.data();
-      switch (nv) {
-        case 1: project_all<1>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
-        case 2: project_all<2>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
-        case 3: project_all<3>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
-        default: project_all<4>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
-      }
-      // mean over channels (vector adds), then one compare per 16 planes gives the sign bits
-      v16 mv[4] = {v16{}, v16{}, v16{}, v16{}};
-      for (int64_t ch = 0; ch < c; ++ch)
-        for (int v = 0; v < nv; ++v) mv[v] += load16(proj + (ch * nv + v) * 16);
-      for (int v = 0; v < nv; ++v) mv[v] = mv[v] / static_cast<float>(c);  // as torch.mean: sum / C
-      const uint64_t keep = L == 64 ? ~uint64_t{0} : (uint64_t{1} << L) - 1;
-      for (int64_t ch = 0; ch < c; ++ch) {
-        uint64_t code = 0;
-        for (int v = 0; v < nv; ++v) code |= sign_bits(load16(proj + (ch * nv + v) * 16) - mv[v]) << (16 * v);
-        s.codes[ch] = static_cast<int64_t>(code & keep);
-      }
-      STAGE(kHash)
-      // 3. buckets: equal codes share a bucket
-      int ng = 0;
-      if (use_table) {
-        const int64_t tick = ++s.tick;
-        for (int64_t ch = 0; ch < c; ++ch) {
-          const int64_t code = s.codes[ch];
-          if (s.stamp[code] != tick) {
-            s.stamp[code] = tick;
-            s.table[code] = ng++;
-          }
-          s.bucket[ch] = s.table[code];
-        }
-      } else {
-        std::iota(s.order.begin(), s.order.begin() + c, 0);
-        std::stable_sort(s.order.begin(), s.order.begin() + c,
-                         [&](int a, int b) { return s.codes[a] < s.codes[b]; });
-        int g = -1;
-        for (int64_t i = 0; i < c; ++i) {
-          const int ch = s.order[i];
-          if (i == 0 || s.codes[ch] != s.codes[s.order[i - 1]]) ++g;
-          s.bucket[ch] = g;
-        }
-        ng = g + 1;
-      }
-      G[t] = ng;
-      // members of every bucket, contiguous in s.order: bucket b owns order[first[b] .. first[b+1])
-      std::fill(s.count.begin(), s.count.begin() + ng + 1, 0);
-      for (int64_t ch = 0; ch < c; ++ch) s.count[s.bucket[ch] + 1] += 1;
-      s.first[0] = 0;
-      for (int b = 0; b < ng; ++b) s.first[b + 1] = s.first[b] + s.count[b + 1];
-      for (int b = 0; b < ng; ++b) s.count[b] = s.first[b];
-      for (int64_t ch = 0; ch < c; ++ch) s.order[s.count[s.bucket[ch]]++] = static_cast<int>(ch);
-      STAGE(kBucket)
-      // 4. per bucket: mean of the members' regions (rows of rwp floats), sum of their filter rows.
-      // Members in the outer loop, vector chunks inner: independent adds instead of one long chain.
-      for (int b = 0; b < ng; ++b) {
-        const int* members = s.order.data() + s.first[b];
-        const int size = s.first[b + 1] - s.first[b];
-        float* m = s.merged.data() + b * rh * rwp;
-        float* f = s.filters.data() + b * fo;
-        const float* r0 = s.ptr[members[0]];
-        for (int64_t ry = 0; ry < rh; ++ry)
-          for (int64_t cx = 0; cx < rwp; cx += 16) store16(m + ry * rwp + cx, load16(r0 + ry * wp + cx));
-        for (int i = 1; i < size; ++i) {
-          const float* r = s.ptr[members[i]];
-          for (int64_t ry = 0; ry < rh; ++ry)
-            for (int64_t cx = 0; cx < rwp; cx += 16)
-              store16(m + ry * rwp + cx, load16(m + ry * rwp + cx) + load16(r + ry * wp + cx));
-        }
-        // filter rows: 64 floats at a time summed over the members in 4 independent registers
-        int64_t e = 0;
-        for (; e + 64 <= fo; e += 64) {
-          const float* w0 = WT + members[0] * fo + e;
-          v16 a0 = load16(w0), a1 = load16(w0 + 16), a2 = load16(w0 + 32), a3 = load16(w0 + 48);
-          for (int i = 1; i < size; ++i) {
-            const float* wi = WT + members[i] * fo + e;
-            a0 += load16(wi);
-            a1 += load16(wi + 16);
-            a2 += load16(wi + 32);
-            a3 += load16(wi + 48);
-          }
-          store16(f + e, a0);
-          store16(f + e + 16, a1);
-          store16(f + e + 32, a2);
-          store16(f + e + 48, a3);
-        }
-        for (; e + 16 <= fo; e += 16) {
-          v16 a0 = load16(WT + members[0] * fo + e);
-          for (int i = 1; i < size; ++i) a0 += load16(WT + members[i] * fo + e);
-          store16(f + e, a0);
-        }
-        for (; e < fo; ++e) {
-          float a0 = 0.f;
-          for (int i = 0; i < size; ++i) a0 += WT[members[i] * fo + e];
-          f[e] = a0;
-        }
-        if (size > 1) {
-          const float inv = 1.f / static_cast<float>(size);
-          for (int64_t e = 0; e < rh * rwp; e += 16) store16(m + e, load16(m + e) * inv);
-        }
-      }
-      STAGE(kMerge)
-      // 5. implicit im2col tables: pixel q reads merged[base[q] + off[j]] for depth j = (g, ky, kx)
-      const int64_t pixels = vh * vw, depth = ng * kk;
-      for (int64_t py = 0; py < vh; ++py)
-        for (int64_t px = 0; px < vw; ++px) s.base[py * vw + px] = static_cast<int>(py * sh * rwp + px * sw);
-      for (int b = 0; b < ng; ++b)
-        for (int64_t ky = 0; ky < kh; ++ky)
-          for (int64_t kx = 0; kx < kw; ++kx)
-            s.off[(b * kh + ky) * kw + kx] = static_cast<int>(b * rh * rwp + ky * rwp + kx);
-      STAGE(kIm2col)
-      // 6. y[pixel][0..O) = bias + merged channels (pixels, depth) @ merged filters (depth, O), in place
-      for (int64_t py = 0; py < vh; ++py)
-        for (int64_t px = 0; px < vw; ++px)
-          s.dst[py * vw + px] = Y + ((img * hout + oy0 + py) * wout + ox0 + px) * o;
-      gemm_implicit(pixels, depth, o, s.merged.data(), s.base.data(), s.off.data(), s.filters.data(), s.dst.data(), B);
-      STAGE(kGemm)
-      STAGE(kWrite)
+    return s;
+  };
+  // With fewer tiles than threads (small maps at small batches) the tiles run one after another and
+  // each tile's GEMM is split over the threads by blocks of 32 output channels.
+  const bool split_gemm = n * tiles < at::get_num_threads() && o > 32;
+  auto tile = [&](int64_t t, Scratch& s) {
+    STAGE_START
+    const int64_t img = t / tiles, ty = (t % tiles) / tw, tx = t % tw;
+    const int64_t oy0 = ty * patch, ox0 = tx * patch;
+    const int64_t vh = std::min(patch, hout - oy0), vw = std::min(patch, wout - ox0);
+    // 1. regions, in place in the padded input (row stride wp)
+    const float* xi = xpd + img * c * hp * wp + (oy0 * sh) * wp + ox0 * sw;
+    for (int64_t ch = 0; ch < c; ++ch) s.ptr[ch] = xi + ch * hp * wp;
+    STAGE(kRegion)
+    // 2. projections of every channel, centred across channels; codes from the signs
+    float* proj = s.proj.data();
+    switch (nv) {
+      case 1: project_all<1>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
+      case 2: project_all<2>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
+      case 3: project_all<3>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
+      default: project_all<4>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
     }
-  });
-  return {y.permute({0, 3, 1, 2}), groups};
+    // mean over channels (vector adds), then one compare per 16 planes gives the sign bits
+    v16 mv[4] = {v16{}, v16{}, v16{}, v16{}};
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int v = 0; v < nv; ++v) mv[v] += load16(proj + (ch * nv + v) * 16);
+    for (int v = 0; v < nv; ++v) mv[v] = mv[v] / static_cast<float>(c);  // as torch.mean: sum / C
+    const uint64_t keep = L == 64 ? ~uint64_t{0} : (uint64_t{1} << L) - 1;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      uint64_t code = 0;
+      for (int v = 0; v < nv; ++v) code |= sign_bits(load16(proj + (ch * nv + v) * 16) - mv[v]) << (16 * v);
+      s.codes[ch] = static_cast<int64_t>(code & keep);
+    }
+    STAGE(kHash)
+    // 3. buckets: equal codes share a bucket
+    int ng = 0;
+    if (use_table) {
+      const int64_t tick = ++s.tick;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const int64_t code = s.codes[ch];
+        if (s.stamp[code] != tick) {
+          s.stamp[code] = tick;
+          s.table[code] = ng++;
+        }
+        s.bucket[ch] = s.table[code];
+      }
+    } else {
+      std::iota(s.order.begin(), s.order.begin() + c, 0);
+      std::stable_sort(s.order.begin(), s.order.begin() + c,
+                       [&](int a, int b) { return s.codes[a] < s.codes[b]; });
+      int g = -1;
+      for (int64_t i = 0; i < c; ++i) {
+        const int ch = s.order[i];
+        if (i == 0 || s.codes[ch] != s.codes[s.order[i - 1]]) ++g;
+        s.bucket[ch] = g;
+      }
+      ng = g + 1;
+    }
+    G[t] = ng;
+    // members of every bucket, contiguous in s.order: bucket b owns order[first[b] .. first[b+1])
+    std::fill(s.count.begin(), s.count.begin() + ng + 1, 0);
+    for (int64_t ch = 0; ch < c; ++ch) s.count[s.bucket[ch] + 1] += 1;
+    s.first[0] = 0;
+    for (int b = 0; b < ng; ++b) s.first[b + 1] = s.first[b] + s.count[b + 1];
+    for (int b = 0; b < ng; ++b) s.count[b] = s.first[b];
+    for (int64_t ch = 0; ch < c; ++ch) s.order[s.count[s.bucket[ch]]++] = static_cast<int>(ch);
+    STAGE(kBucket)
+    // 4. per bucket: singletons are read in place; a merged bucket gets the mean of its members'
+    // regions and the sum of their filter rows in scratch (whole-vector rows, members outer).
+    int merged_buckets = 0;
+    for (int b = 0; b < ng; ++b) {
+      const int* members = s.order.data() + s.first[b];
+      const int size = s.first[b + 1] - s.first[b];
+      if (size == 1) {
+        s.regs[b] = s.ptr[members[0]];
+        s.filts[b] = WT + members[0] * fo;
+        continue;
+      }
+      float* m = s.merged.data() + merged_buckets * rh * wp;
+      float* f = s.filters.data() + merged_buckets * fo;
+      ++merged_buckets;
+      s.regs[b] = m;
+      s.filts[b] = f;
+      // the spans a region covers at row stride wp: rows of rwp floats, or one flat span when
+      // whole-vector rows would overlap (narrow maps)
+      const bool rows = wp >= rwp;
+      const int64_t nrow = rows ? rh : 1, span = rows ? rwp : ((rh - 1) * wp + rw + 15) / 16 * 16;
+      const float* r0 = s.ptr[members[0]];
+      for (int64_t ry = 0; ry < nrow; ++ry)
+        for (int64_t cx = 0; cx < span; cx += 16) store16(m + ry * wp + cx, load16(r0 + ry * wp + cx));
+      for (int i = 1; i < size; ++i) {
+        const float* r = s.ptr[members[i]];
+        for (int64_t ry = 0; ry < nrow; ++ry)
+          for (int64_t cx = 0; cx < span; cx += 16)
+            store16(m + ry * wp + cx, load16(m + ry * wp + cx) + load16(r + ry * wp + cx));
+      }
+      const float inv = 1.f / static_cast<float>(size);
+      for (int64_t ry = 0; ry < nrow; ++ry)
+        for (int64_t cx = 0; cx < span; cx += 16) store16(m + ry * wp + cx, load16(m + ry * wp + cx) * inv);
+      // filter rows: 64 floats at a time summed over the members in 4 independent registers
+      int64_t e = 0;
+      for (; e + 64 <= fo; e += 64) {
+        const float* w0 = WT + members[0] * fo + e;
+        v16 a0 = load16(w0), a1 = load16(w0 + 16), a2 = load16(w0 + 32), a3 = load16(w0 + 48);
+        for (int i = 1; i < size; ++i) {
+          const float* wi = WT + members[i] * fo + e;
+          a0 += load16(wi);
+          a1 += load16(wi + 16);
+          a2 += load16(wi + 32);
+          a3 += load16(wi + 48);
+        }
+        store16(f + e, a0);
+        store16(f + e + 16, a1);
+        store16(f + e + 32, a2);
+        store16(f + e + 48, a3);
+      }
+      for (; e + 16 <= fo; e += 16) {
+        v16 a0 = load16(WT + members[0] * fo + e);
+        for (int i = 1; i < size; ++i) a0 += load16(WT + members[i] * fo + e);
+        store16(f + e, a0);
+      }
+      for (; e < fo; ++e) {
+        float a0 = 0.f;
+        for (int i = 0; i < size; ++i) a0 += WT[members[i] * fo + e];
+        f[e] = a0;
+      }
+    }
+    STAGE(kMerge)
+    // 5. implicit im2col tables: pixel q of bucket b reads regs[b][base[q] + koff[ky * kw + kx]]
+    const int64_t pixels = vh * vw;
+    for (int64_t py = 0; py < vh; ++py)
+      for (int64_t px = 0; px < vw; ++px) s.base[py * vw + px] = static_cast<int>(py * sh * wp + px * sw);
+    for (int64_t ky = 0; ky < kh; ++ky)
+      for (int64_t kx = 0; kx < kw; ++kx) s.off[ky * kw + kx] = static_cast<int>(ky * wp + kx);
+    STAGE(kIm2col)
+    // 6. y[pixel][0..O) = bias + merged channels (pixels, depth) @ merged filters (depth, O), in place
+    for (int64_t py = 0; py < vh; ++py)
+      for (int64_t px = 0; px < vw; ++px)
+        s.dst[py * vw + px] = Y + ((img * hout + oy0 + py) * wout + ox0 + px) * o;
+    auto gemm = [&](int64_t oc0, int64_t oc1) {
+      gemm_buckets(pixels, ng, kk, o, oc0, oc1, s.regs.data(), s.filts.data(), s.base.data(), s.off.data(),
+                   s.dst.data(), B);
+    };
+    if (split_gemm)
+      at::parallel_for(0, (o + 31) / 32, 1, [&](int64_t b0, int64_t b1) { gemm(b0 * 32, std::min(o, b1 * 32)); });
+    else
+      gemm(0, o);
+    STAGE(kGemm)
+    STAGE(kWrite)
+  };
+  if (split_gemm) {
+    Scratch& s = scratch();
+    for (int64_t t = 0; t < n * tiles; ++t) tile(t, s);
+  } else {
+    at::parallel_for(0, n * tiles, 1, [&](int64_t begin, int64_t end) {
+      Scratch& s = scratch();
+      for (int64_t t = begin; t < end; ++t) tile(t, s);
+    });
+  }
+  // per image: sum over tiles of buckets x valid output pixels, and of buckets (FLOPs accounting)
+  auto sums = torch::empty({n, 2}, x.options().dtype(torch::kDouble));
+  double* S = sums.data_ptr<double>();
+  for (int64_t img = 0; img < n; ++img) {
+    double gv = 0, g = 0;
+    for (int64_t ty = 0; ty < th; ++ty)
+      for (int64_t tx = 0; tx < tw; ++tx) {
+        const double gt = G[(img * th + ty) * tw + tx];
+        gv += gt * static_cast<double>(std::min(patch, hout - ty * patch) * std::min(patch, wout - tx * patch));
+        g += gt;
+      }
+    S[2 * img] = gv;
+    S[2 * img + 1] = g;
+  }
+  return {y.permute({0, 3, 1, 2}), groups, sums};
 }
 
 // Stage totals in seconds since the last reset (all zero unless built with -DHASTE_PROFILE).

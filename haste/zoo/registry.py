@@ -41,6 +41,7 @@ REGISTRY: dict[str, Entry] = {
     for e in (
         Entry("fmnist-resnet18", "resnet18", width=16, recipe=Recipe(epochs=6)),
         Entry("fmnist-resnet34", "resnet34", width=16, recipe=Recipe(epochs=8)),
+        Entry("fmnist-resnet34-w32", "resnet34", width=32, recipe=Recipe(epochs=8)),
         Entry("fmnist-vgg16_bn", "vgg16_bn", width=16, recipe=Recipe(epochs=6, lr=0.05)),
     )
 }
