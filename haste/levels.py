@@ -101,7 +101,8 @@ def resolve_table(levels: Mapping[str, object] | None, layer: str) -> dict[str, 
     """Resolve a level table for one layer.
 
     ``levels`` maps level names to either an int (every layer) or a mapping layer name -> int with an
-    optional ``"default"`` entry (a per-layer schedule). Missing names fall back to ``LEVELS``.
+    optional ``"default"`` entry (a per-layer schedule; 0 for a layer runs it dense at that level).
+    Missing names fall back to ``LEVELS``.
     """
     table = dict(LEVELS)
     for name, value in (levels or {}).items():
@@ -112,5 +113,6 @@ def resolve_table(levels: Mapping[str, object] | None, layer: str) -> dict[str, 
             if value != 0:
                 raise ValueError("level 'off' always means 0 hyperplanes (the dense conv)")
             continue
-        table[name] = check_hyperplanes(int(value))
+        # 0 in a schedule: this layer runs dense at this level (where merging does not pay)
+        table[name] = 0 if value == 0 else check_hyperplanes(int(value))
     return table

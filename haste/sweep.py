@@ -4,9 +4,10 @@
 
 Grid axes: hyperplanes, patch size, sparsity, hash family, start layer, include_pointwise and per-layer
 schedules (``--schedule "layer1=+2,layer4=-1"``: hyperplane offsets for the layers whose names match,
-relative to the row's hyperplanes; a plain number sets the value). Each point converts a fresh copy of
-the dense model with one seed; dense predictions are computed once. Writes ``<out>.json`` (every run and
-the summary), ``<out>.csv`` (summary: mean and std over seeds) and ``<out>.png`` (accuracy vs saving).
+relative to the row's hyperplanes; a plain number sets the value, 0 runs the layer dense). Each point
+converts a fresh copy of the dense model with one seed; dense predictions are computed once. Writes
+``<out>.json`` (every run and the summary), ``<out>.csv`` (summary: mean and std over seeds) and
+``<out>.png`` (accuracy vs saving).
 The JSON is rewritten after every run, and runs already in it are skipped: an interrupted sweep resumes.
 """
 
@@ -64,7 +65,7 @@ def schedule_table(
 ) -> int | dict[str, int]:
     """The hyperplanes of a level for a schedule: ``hyperplanes`` if uniform, else {"default": ...,
     layer: ...} with every matching layer's offset applied (the last matching entry wins), clamped to
-    1..maximum."""
+    1..maximum; ``pattern=0`` runs the matching layers dense."""
     entries = parse_schedule(schedule)
     if not entries:
         return hyperplanes
@@ -72,6 +73,9 @@ def schedule_table(
     for name in conv_names:
         for pattern, value in entries.items():
             if _matches(name, pattern):
+                if value == "0":  # this layer dense
+                    table[name] = 0
+                    continue
                 n = hyperplanes + int(value) if value[0] in "+-" else int(value)
                 table[name] = min(max(n, 1), maximum)
     return table

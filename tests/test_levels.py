@@ -166,3 +166,24 @@ def test_bad_inputs():
             model.layer1[0].conv1(torch.randn(1, 32, 8, 8))
         with pytest.raises(ValueError, match="smaller than the kernel"):
             haste.HasteConv2d(nn.Conv2d(4, 4, 5))(torch.randn(1, 4, 3, 3))
+
+
+def test_zero_in_a_schedule_runs_that_layer_dense():
+    """A per-layer 0 (where merging does not pay) runs that conv dense at that level, bit-exact, and the
+    profile counts no saving and no overhead for it; the other layers still merge."""
+    from haste.sweep import conv_names, schedule_table
+
+    dense = torchvision.models.resnet18(num_classes=10).eval()
+    table = schedule_table(conv_names(dense), 6, "layer1.0.conv1=0,layer4=+2")
+    assert table["layer1.0.conv1"] == 0 and table["layer4.0.conv1"] == 8 and table["default"] == 6
+    model = haste.convert(dense, levels={"high": table})
+    layer = model.layer1[0].conv1
+    x = torch.randn(2, 64, 16, 16)
+    with torch.no_grad(), haste.compression("high"):
+        assert layer.hyperplanes() == 0
+        assert torch.equal(layer(x), layer.conv(x))
+        with haste.profile(model) as report:
+            model(torch.randn(2, 3, 32, 32))
+    stats = report.layers["layer1.0.conv1"]
+    assert stats.saving == 0 and stats.overhead == 0
+    assert report.layers["layer1.0.conv2"].saving > 0
