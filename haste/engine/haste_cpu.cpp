@@ -99,26 +99,33 @@ inline void by_pixels(int64_t pb, Args... args) {
   }
 }
 
-// out[q][oc0..oc1) = bias + sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc0..oc1), in place.
+// Output channels [oc, oc + 16 * NV) for all np pixels, in blocks of up to PB pixels.
+template <int NV, int PB>
+inline void gemm_block(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t oc, const float* const* regs,
+                       const float* const* filts, const int* base, const int* koff, float* const* out,
+                       const float* bias) {
+  for (int64_t p0 = 0; p0 < np; p0 += PB)
+    by_pixels<NV>(std::min<int64_t>(PB, np - p0), ng, kk, o, oc, regs, filts, base + p0, koff, out + p0, bias);
+}
+
+// out[q][oc0..oc1) = bias + sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc0..oc1), in place:
+// 64 output channels x 6 pixels per micro-kernel call where possible (24 accumulators, 4 filter
+// registers: the fewest loads per multiply-add), then 32 x 8, then 16 x 8, then scalar.
 void gemm_buckets(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t oc0, int64_t oc1, const float* const* regs,
                   const float* const* filts, const int* base, const int* koff, float* const* out,
                   const float* bias) {
   const int64_t o16 = std::min(oc1, o / 16 * 16);
-  for (int64_t p0 = 0; p0 < np; p0 += 8) {
-    const int64_t pb = std::min<int64_t>(8, np - p0);
-    const int* bp = base + p0;
-    float* const* op = out + p0;
-    int64_t oc = oc0;
-    for (; oc + 32 <= o16; oc += 32) by_pixels<2>(pb, ng, kk, o, oc, regs, filts, bp, koff, op, bias);
-    for (; oc + 16 <= o16; oc += 16) by_pixels<1>(pb, ng, kk, o, oc, regs, filts, bp, koff, op, bias);
-    for (int64_t q = 0; q < pb; ++q)  // output channels beyond a multiple of 16
-      for (int64_t c = oc; c < oc1; ++c) {
-        float acc = bias ? bias[c] : 0.f;
-        for (int64_t b = 0; b < ng; ++b)
-          for (int64_t j = 0; j < kk; ++j) acc += regs[b][bp[q] + koff[j]] * filts[b][j * o + c];
-        op[q][c] = acc;
-      }
-  }
+  int64_t oc = oc0;
+  for (; oc + 64 <= o16; oc += 64) gemm_block<4, 6>(np, ng, kk, o, oc, regs, filts, base, koff, out, bias);
+  for (; oc + 32 <= o16; oc += 32) gemm_block<2, 8>(np, ng, kk, o, oc, regs, filts, base, koff, out, bias);
+  for (; oc + 16 <= o16; oc += 16) gemm_block<1, 8>(np, ng, kk, o, oc, regs, filts, base, koff, out, bias);
+  for (int64_t q = 0; q < np; ++q)  // output channels beyond a multiple of 16
+    for (int64_t c = oc; c < oc1; ++c) {
+      float acc = bias ? bias[c] : 0.f;
+      for (int64_t b = 0; b < ng; ++b)
+        for (int64_t j = 0; j < kk; ++j) acc += regs[b][base[q] + koff[j]] * filts[b][j * o + c];
+      out[q][c] = acc;
+    }
 }
 
 // Bit l set where lane l of v is > 0.
@@ -163,8 +170,10 @@ inline void project(const float* const* r, int64_t rs, int64_t rh, int64_t rw, c
 template <int NV>
 void project_all(const float* const* ptr, int64_t c, int64_t rs, int64_t rh, int64_t rw, const float* rt,
                  float* proj) {
+  // 8 independent multiply-add chains hide the FMA latency: 8 channels x 1 register, 4 x 2, ...
+  constexpr int NC = NV == 1 ? 8 : 4;
   int64_t ch = 0;
-  for (; ch + 4 <= c; ch += 4) project<4, NV>(ptr + ch, rs, rh, rw, rt, proj + ch * 16 * NV);
+  for (; ch + NC <= c; ch += NC) project<NC, NV>(ptr + ch, rs, rh, rw, rt, proj + ch * 16 * NV);
   for (; ch < c; ++ch) project<1, NV>(ptr + ch, rs, rh, rw, rt, proj + ch * 16 * NV);
 }
 
