@@ -40,9 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep", help="JSON of a haste sweep on the calibration split")
     p.add_argument("--threshold", type=float, default=0.03, help="run dense the layers saving less (fraction)")
     p.add_argument("--hyperplanes", type=int, nargs="*", help="only these rows' hyperplanes (default: all)")
+    p.add_argument("--max-drop", type=float, help="only settings whose mean drop (points) is at most this")
     args = p.parse_args(argv)
     data = json.loads(open(args.sweep).read())
     rows = [r for r in data["rows"] if "=0" not in r["schedule"]]  # derive from unpruned settings only
+    if args.max_drop is not None:
+        drops = defaultdict(list)
+        for r in rows:
+            drops[r["hyperplanes"], r["schedule"]].append(r["drop_points"])
+        rows = [r for r in rows if sum(d := drops[r["hyperplanes"], r["schedule"]]) / len(d) <= args.max_drop]
     by_setting = layer_savings(rows)
     if not by_setting:
         raise SystemExit(f"{args.sweep}: no rows with per-layer results")
