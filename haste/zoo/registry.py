@@ -40,8 +40,9 @@ REGISTRY: dict[str, Entry] = {
     e.name: e
     for e in (
         Entry("fmnist-resnet18", "resnet18", width=16, recipe=Recipe(epochs=6)),
-        Entry("fmnist-resnet34", "resnet34", width=16, recipe=Recipe(epochs=8)),
-        Entry("fmnist-resnet34-w32", "resnet34", width=32, recipe=Recipe(epochs=8)),
+        # the ResNet34 reference: width 32 (half the paper's); the width-16 one measured first is kept
+        Entry("fmnist-resnet34", "resnet34", width=32, recipe=Recipe(epochs=8)),
+        Entry("fmnist-resnet34-w16", "resnet34", width=16, recipe=Recipe(epochs=8)),
         Entry("fmnist-vgg16_bn", "vgg16_bn", width=16, recipe=Recipe(epochs=6, lr=0.05)),
     )
 }
