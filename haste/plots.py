@@ -34,10 +34,13 @@ def tradeoff(
     lines = defaultdict(list)
     for row in summary:
         lines[tuple(row.get(k) for k in series)].append(row)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    many = len(lines) > 4  # then the legend goes below the axes, one entry per line
+    height = 5 + (0.14 * (len(lines) + 3) + 0.3 if many else 0)
+    fig, ax = plt.subplots(figsize=(7.5, height))
     for key, rows in sorted(lines.items(), key=lambda kv: str(kv[0])):
         rows = sorted(rows, key=lambda r: r["saving_mean"])
         label = ", ".join(f"{k}={v}" for k, v in zip(series, key) if v not in (None, "")) or "uniform"
+        label = label if len(label) <= 100 else label[:97] + "..."
         ax.errorbar(
             [100 * r["saving_mean"] for r in rows],
             [100 * r["accuracy_mean"] for r in rows],
@@ -64,8 +67,12 @@ def tradeoff(
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    if many:  # axes in the top 5 inches, the legend under them
+        fig.subplots_adjust(left=0.1, right=0.97, top=1 - 0.45 / height, bottom=1 - 4.4 / height)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(-0.08, -0.1), frameon=False)
+    else:
+        ax.legend(fontsize=7, loc="lower left")
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
