@@ -38,19 +38,30 @@ def skip_reason(conv: nn.Conv2d, index: int, *, start_layer: int, include_pointw
     return None
 
 
+#: convert()'s options when neither the call nor the model's card sets them.
+DEFAULT_OPTIONS = dict(
+    patch_size=4, sparsity=2 / 3, hash="ternary", seed=0, start_layer=1, include_pointwise=False,
+    max_hyperplanes=MAX_HYPERPLANES,
+)  # fmt: skip
+
+
 def convert(
     model: nn.Module,
     *,
-    patch_size: int = 4,
-    sparsity: float = 2 / 3,
-    hash: str = "ternary",
-    seed: int = 0,
-    start_layer: int = 1,
-    include_pointwise: bool = False,
-    max_hyperplanes: int = MAX_HYPERPLANES,
+    patch_size: int | None = None,
+    sparsity: float | None = None,
+    hash: str | None = None,
+    seed: int | None = None,
+    start_layer: int | None = None,
+    include_pointwise: bool | None = None,
+    max_hyperplanes: int | None = None,
     levels: Mapping[str, object] | None = None,
 ) -> nn.Module:
     """Replace the eligible convs of ``model`` in place by HASTE wrappers and return ``model``.
+
+    Every option left at None takes the value the model's card was calibrated with (a model loaded
+    with ``haste.zoo.load`` carries its card), else ``DEFAULT_OPTIONS`` (P=4, sparsity 2/3, ternary,
+    seed 0, start_layer 1, no 1x1, 24 hyperplanes).
 
     Args:
         patch_size: tile side P, in output pixels.
@@ -62,14 +73,23 @@ def convert(
         include_pointwise: also convert 1x1 convs.
         max_hyperplanes: hyperplanes sampled per layer (the largest usable L).
         levels: level table overriding ``haste.LEVELS``: name -> int, or name -> {layer: int,
-            "default": int} for a per-layer schedule. By default, a model loaded with
-            ``haste.zoo.load`` uses the calibrated table of its card when the other options equal
-            the ones it was calibrated with, and ``haste.LEVELS`` otherwise.
+            "default": int} for a per-layer schedule. By default, a model with a card uses the
+            calibrated table of its card when the options equal the ones it was calibrated with
+            (always, unless an option is passed that differs), and ``haste.LEVELS`` otherwise.
 
     Grouped/depthwise, dilated and non-zero-padded convs stay dense; ``model.haste_conversion``
     records what was replaced and what was skipped and why. Converting a converted model is a no-op.
     Raises ValueError if no conv is eligible.
     """
+    given = dict(
+        patch_size=patch_size, sparsity=sparsity, hash=hash, seed=seed, start_layer=start_layer,
+        include_pointwise=include_pointwise, max_hyperplanes=max_hyperplanes,
+    )  # fmt: skip
+    calibrated = ((getattr(model, "haste_card", None) or {}).get("haste") or {}).get("options") or {}
+    options = {k: v if v is not None else calibrated.get(k, DEFAULT_OPTIONS[k]) for k, v in given.items()}
+    patch_size, sparsity, hash, seed = options["patch_size"], options["sparsity"], options["hash"], options["seed"]
+    start_layer, include_pointwise = options["start_layer"], options["include_pointwise"]
+    max_hyperplanes = options["max_hyperplanes"]
     if hash not in FAMILIES:
         raise ValueError(f"hash must be one of {', '.join(FAMILIES)}; got {hash!r}")
     if not 0.0 <= sparsity < 1.0:
@@ -80,17 +100,7 @@ def convert(
         return model
     if isinstance(model, nn.Conv2d):
         raise ValueError("convert() replaces convs inside a model; wrap a single conv with haste.HasteConv2d(conv)")
-    record = Conversion(
-        options=dict(
-            patch_size=patch_size,
-            sparsity=sparsity,
-            hash=hash,
-            seed=seed,
-            start_layer=start_layer,
-            include_pointwise=include_pointwise,
-            max_hyperplanes=max_hyperplanes,
-        )
-    )
+    record = Conversion(options=options)
     convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     chosen = []
     for index, (name, conv) in enumerate(convs):
@@ -127,7 +137,8 @@ def card_levels(model: nn.Module, options: dict) -> Mapping[str, object] | None:
     set by ``haste.zoo.load``), if it was calibrated with these conversion options; else None."""
     card = getattr(model, "haste_card", None) or {}
     calibrated = card.get("haste") or {}
-    if calibrated.get("levels") and all(calibrated.get("options", {}).get(k) == v for k, v in options.items()):
+    calibrated_options = {**DEFAULT_OPTIONS, **(calibrated.get("options") or {})}  # unset: the defaults
+    if calibrated.get("levels") and all(calibrated_options.get(k) == v for k, v in options.items()):
         return calibrated["levels"]
     return None
 

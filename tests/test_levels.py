@@ -187,3 +187,21 @@ def test_zero_in_a_schedule_runs_that_layer_dense():
     stats = report.layers["layer1.0.conv1"]
     assert stats.saving == 0 and stats.overhead == 0
     assert report.layers["layer1.0.conv2"].saving > 0
+
+
+def test_convert_adopts_the_options_of_the_model_card():
+    """Options left unset come from the card the levels were calibrated with; an option passed that
+    differs keeps the card's levels out (they were measured for other settings)."""
+    card = {"haste": {"options": {"patch_size": 2, "seed": 3, "sparsity": 0.5}, "levels": {"high": 9}}}
+    dense = torchvision.models.resnet18(num_classes=10).eval()
+    dense.haste_card = card
+    model = haste.convert(dense)
+    options = haste.conversion(model).options
+    assert (options["patch_size"], options["seed"], options["sparsity"], options["hash"]) == (2, 3, 0.5, "ternary")
+    layer = model.layer1[0].conv1
+    assert layer.patch_size == 2 and layer.levels["high"] == 9
+    other = torchvision.models.resnet18(num_classes=10).eval()
+    other.haste_card = card
+    haste.convert(other, patch_size=4)
+    assert other.layer1[0].conv1.patch_size == 4
+    assert other.layer1[0].conv1.levels["high"] == haste.LEVELS["high"]
