@@ -85,8 +85,8 @@ def convert(
         patch_size=patch_size, sparsity=sparsity, hash=hash, seed=seed, start_layer=start_layer,
         include_pointwise=include_pointwise, max_hyperplanes=max_hyperplanes,
     )  # fmt: skip
-    calibrated = ((getattr(model, "haste_card", None) or {}).get("haste") or {}).get("options") or {}
-    options = {k: v if v is not None else calibrated.get(k, DEFAULT_OPTIONS[k]) for k, v in given.items()}
+    calibrated = calibrated_options(model)
+    options = {k: v if v is not None else calibrated[k] for k, v in given.items()}
     patch_size, sparsity, hash, seed = options["patch_size"], options["sparsity"], options["hash"], options["seed"]
     start_layer, include_pointwise = options["start_layer"], options["include_pointwise"]
     max_hyperplanes = options["max_hyperplanes"]
@@ -132,14 +132,24 @@ def convert(
     return model
 
 
+def _calibration(model: nn.Module) -> dict:
+    """The "haste" section of the model card carried by ``model`` (``model.haste_card``, set by
+    ``haste.zoo.load``): calibrated options and levels; {} without a card."""
+    return (getattr(model, "haste_card", None) or {}).get("haste") or {}
+
+
+def calibrated_options(model: nn.Module) -> dict:
+    """The conversion options the model's card was calibrated with, ``DEFAULT_OPTIONS`` where it has none."""
+    return {**DEFAULT_OPTIONS, **(_calibration(model).get("options") or {})}
+
+
 def card_levels(model: nn.Module, options: dict) -> Mapping[str, object] | None:
-    """The calibrated level table of the model card carried by ``model`` (``model.haste_card``,
-    set by ``haste.zoo.load``), if it was calibrated with these conversion options; else None."""
-    card = getattr(model, "haste_card", None) or {}
-    calibrated = card.get("haste") or {}
-    calibrated_options = {**DEFAULT_OPTIONS, **(calibrated.get("options") or {})}  # unset: the defaults
-    if calibrated.get("levels") and all(calibrated_options.get(k) == v for k, v in options.items()):
-        return calibrated["levels"]
+    """The calibrated level table of the model's card, if it was calibrated with these conversion
+    options; else None."""
+    levels = _calibration(model).get("levels")
+    calibrated = calibrated_options(model)
+    if levels and all(calibrated.get(k) == v for k, v in options.items()):
+        return levels
     return None
 
 

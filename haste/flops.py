@@ -36,7 +36,8 @@ def _tile_weights(geo: Geometry) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=256)
 def _layer_constants(geo: Geometry, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int):
-    """(dense per image, executed per bucket-pixel, overhead per image before the filter-merge saving)."""
+    """(dense per image, c_out * k^2, overhead per image before subtracting c_out * k^2 per bucket: the
+    filter merge costs c_out * (C - G) * k^2 per tile)."""
     kk = geo.kernel[0] * geo.kernel[1]
     valid_total = float(geo.valid_pixels().sum())
     region = geo.region[0] * geo.region[1]
@@ -68,10 +69,10 @@ def haste_flops(
     filter merge (C_out * (C - G) * k^2). Only the valid output pixels of edge tiles are counted for
     the dense and merged convolutions.
     """
-    dense, per_bucket_pixel, overhead_max = _layer_constants(geo, c_in, c_out, used_planes_nnz, hyperplanes)
-    kk_out = c_out * geo.kernel[0] * geo.kernel[1]
-    executed = [per_bucket_pixel * gv for gv, _ in sums]
-    overhead = [overhead_max - kk_out * g for _, g in sums]
+    # c_out * k^2 multiply-adds per bucket and output pixel; each bucket also saves c_out * k^2 filter-merge adds
+    dense, out_kk, overhead_max = _layer_constants(geo, c_in, c_out, used_planes_nnz, hyperplanes)
+    executed = [out_kk * gv for gv, _ in sums]
+    overhead = [overhead_max - out_kk * g for _, g in sums]
     buckets = [g / geo.count for _, g in sums]
     return [dense] * len(sums), executed, overhead, buckets
 

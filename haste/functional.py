@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .buckets import bucketize
+from .buckets import Buckets, bucketize
 from .lsh import hash_codes
 from .merge import merge_filters, merge_inputs
 from .tiles import Geometry, assemble, geometry, regions
@@ -29,6 +29,23 @@ class Result(NamedTuple):
 def conv_padding(conv: torch.nn.Conv2d) -> tuple[int, int, int, int]:
     """The zero padding of ``conv`` as (left, right, top, bottom), 'same' and asymmetric included."""
     return tuple(int(p) for p in conv._reversed_padding_repeated_twice)
+
+
+def merged_regions(
+    x: torch.Tensor,
+    kernel: tuple[int, int],
+    *,
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    patch: int,
+    planes: torch.Tensor,
+) -> tuple[Geometry, Buckets, torch.Tensor]:
+    """The tiling, the buckets of every tile region (B = N * tiles rows) and the bucket means of the
+    regions (B, G, region_h * region_w), G = the largest bucket count of any tile (zero-padded)."""
+    geo = geometry(tuple(x.shape[2:]), kernel, stride, padding, patch)
+    reg = regions(x, geo, padding)  # B, C, D
+    buckets = bucketize(hash_codes(reg, planes))
+    return geo, buckets, merge_inputs(reg, buckets.index, int(buckets.groups.max()))
 
 
 def haste_conv2d(
@@ -49,15 +66,11 @@ def haste_conv2d(
         patch: tile side P in output pixels.
         planes: (L, region_h * region_w) hyperplanes; L sets the compression.
     """
-    n, c = x.shape[:2]
+    n = x.shape[0]
     kernel = tuple(weight.shape[2:])
-    geo = geometry(tuple(x.shape[2:]), kernel, stride, padding, patch)
-    reg = regions(x, geo, padding)  # B, C, D
-    buckets = bucketize(hash_codes(reg, planes))
-    width = int(buckets.groups.max())
-    merged_x = merge_inputs(reg, buckets.index, width)  # B, G, D
+    geo, buckets, merged_x = merged_regions(x, kernel, stride=stride, padding=padding, patch=patch, planes=planes)
+    b, width = merged_x.shape[:2]
     merged_w = merge_filters(weight, buckets.index, width)  # B, O, G, kh, kw
-    b = reg.shape[0]
     rh, rw = geo.region
     out = F.conv2d(
         merged_x.reshape(1, b * width, rh, rw),

@@ -55,47 +55,40 @@ class HasteConv2d(nn.Module):
         region = tuple((patch_size - 1) * s + k for s, k in zip(conv.stride, conv.kernel_size))
         planes = sample_hyperplanes(max_hyperplanes, region[0] * region[1], family=hash, sparsity=sparsity, seed=seed)
         self.register_buffer("planes", planes.to(conv.weight.device, conv.weight.dtype), persistent=False)
-        # Additions per channel for the first L planes (projection cost), precomputed per L.
-        self._layout_cache = None
-        self._operand_cache: dict[int, tuple] = {}
+        self._cpu_cache: tuple | None = None  # see _cpu_operands
         self._geometry: dict[tuple[int, int], Geometry] = {}
         self._static = (conv.kernel_size, conv.stride, self.padding, patch_size)  # the kernel's geometry args
+        # Additions per channel for the first L planes (projection cost), precomputed per L.
         self._nnz = [0, *torch.count_nonzero(planes, dim=1).cumsum(0).tolist()]
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, hash={self.hash}, sparsity={self.sparsity:.3g}, levels={self.levels}"
 
-    def _weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
-        """The weight in the CPU kernel's layout, cached until the weight changes (in place or replaced)."""
-        key = (weight.data_ptr(), weight._version)
-        cached = self._layout_cache
-        if cached is None or cached[0] != key:
-            cached = (key, engine.weight_layout(weight))
-            self._layout_cache = cached
-        return cached[1]
-
     def _cpu_operands(self, hyperplanes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(weight layout, bias, first ``hyperplanes`` planes) for the CPU kernel, cached per level until
-        the weight or bias is replaced or changed in place (``_apply``, e.g. ``.to()``, clears it)."""
+        """(weight in the kernel's layout, bias, first ``hyperplanes`` planes) for the CPU kernel: one cache,
+        rebuilt when the weight or bias is replaced or changed in place (``_apply``, e.g. ``.to()``, clears
+        it); the plane slices are kept per level."""
         conv = self.conv
         weight, bias = conv.weight, conv.bias
-        cached = self._operand_cache.get(hyperplanes)
+        bias_version = None if bias is None else bias._version
+        cache = self._cpu_cache
         if (
-            cached is None
-            or cached[0] is not weight
-            or cached[1] != weight._version
-            or cached[2] is not bias
-            or (bias is not None and cached[3] != bias._version)
+            cache is None
+            or cache[0] is not weight
+            or cache[1] != weight._version
+            or cache[2] is not bias
+            or cache[3] != bias_version
         ):
             bias_t = engine.EMPTY if bias is None else bias.detach()
-            operands = (self._weight_layout(weight), bias_t, self.planes[:hyperplanes].contiguous())
-            cached = (weight, weight._version, bias, None if bias is None else bias._version, operands)
-            self._operand_cache[hyperplanes] = cached
-        return cached[4]
+            cache = (weight, weight._version, bias, bias_version, engine.weight_layout(weight), bias_t, {})
+            self._cpu_cache = cache
+        planes = cache[6].get(hyperplanes)
+        if planes is None:
+            planes = cache[6][hyperplanes] = self.planes[:hyperplanes].contiguous()
+        return cache[4], cache[5], planes
 
     def _apply(self, fn, recurse=True):
-        self._operand_cache = {}
-        self._layout_cache = None
+        self._cpu_cache = None
         return super()._apply(fn, recurse)
 
     def _geometry_for(self, size: tuple[int, int]) -> Geometry:
@@ -136,7 +129,7 @@ class HasteConv2d(nn.Module):
         name = engine.choose(x, weight)
         size = (x.shape[2], x.shape[3])
         if name == "cpu":  # the per-call fast path: operands cached, sizes checked once
-            geo = self._geometry.get(size) or self._geometry_for(size)
+            geo = self._geometry_for(size)
             y, _, sums = engine.cpu_conv2d(x, *self._cpu_operands(hyperplanes), *self._static)
             if collector is None:
                 return y

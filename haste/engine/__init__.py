@@ -60,7 +60,7 @@ def _load():
     return _module
 
 
-STAGES = ("region", "hash", "bucket", "merge", "im2col", "gemm", "write")
+STAGES = ("region", "hash", "bucket", "merge", "im2col", "gemm")
 
 
 def profiling_kernel():
@@ -117,7 +117,7 @@ def choose(x: torch.Tensor, weight: torch.Tensor) -> str:
     device = x.device.type
     if device == "cuda":
         return "triton" if _triton_available() else "reference"
-    if device == "cpu" and x.dtype == weight.dtype == torch.float32 and (_module is not None or _load() is not None):
+    if device == "cpu" and x.dtype == weight.dtype == torch.float32 and _load() is not None:
         return "cpu"
     return "reference"
 
@@ -138,12 +138,11 @@ def conv2d(
     patch: int,
     planes: torch.Tensor,
     engine: str | None = None,
-    weight_t: torch.Tensor | None = None,
 ) -> Result:
     """HASTE convolution with the engine chosen by ``choose`` (or forced by ``engine``).
 
-    ``weight_t`` is ``weight_layout(weight)`` if the caller caches it. The CPU engine returns the
-    Result without geometry (``geometry=None``; compute it with ``haste.tiles.geometry`` if needed).
+    The CPU engine returns the Result without geometry (``geometry=None``; compute it with
+    ``haste.tiles.geometry`` if needed); ``HasteConv2d`` calls ``cpu_conv2d`` with cached operands.
     """
     engine = engine or choose(x, weight)
     if engine == "reference":
@@ -158,7 +157,7 @@ def conv2d(
     output_size(tuple(x.shape[2:]), kernel, stride, padding)  # ValueError, as the other engines
     y, groups, _ = cpu_conv2d(
         x,
-        weight_layout(weight) if weight_t is None else weight_t,
+        weight_layout(weight),
         EMPTY if bias is None else bias.detach(),
         planes.contiguous(),
         kernel, stride, padding, patch,

@@ -26,7 +26,7 @@
 namespace {
 
 // Stage timers (nanoseconds summed over threads), compiled in only with -DHASTE_PROFILE.
-enum Stage { kRegion, kHash, kBucket, kMerge, kIm2col, kGemm, kWrite, kStages };
+enum Stage { kRegion, kHash, kBucket, kMerge, kIm2col, kGemm, kStages };
 std::array<std::atomic<int64_t>, kStages> stage_ns{};
 #ifdef HASTE_PROFILE
 #define STAGE_START auto mark = std::chrono::steady_clock::now();
@@ -448,7 +448,6 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     else
       gemm(0, o);
     STAGE(kGemm)
-    STAGE(kWrite)
   };
   if (split_gemm) {
     Scratch& s = scratch();
@@ -485,5 +484,5 @@ std::vector<double> stage_seconds(bool reset) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("haste_conv2d_cpu", &haste_conv2d_cpu, "Fused HASTE convolution (CPU)");
-  m.def("stage_seconds", &stage_seconds, "per-stage seconds: region, hash, bucket, merge, im2col, gemm, write");
+  m.def("stage_seconds", &stage_seconds, "per-stage seconds: region, hash, bucket, merge, im2col, gemm");
 }

@@ -13,11 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..buckets import bucketize
-from ..functional import Result
-from ..lsh import hash_codes
-from ..merge import merge_inputs
-from ..tiles import assemble, geometry, regions
+from ..functional import Result, merged_regions
+from ..tiles import assemble
 
 
 @triton.jit
@@ -64,12 +61,11 @@ def conv2d(
     """HASTE convolution with the fused Triton kernel (same arguments as haste.functional.haste_conv2d)."""
     n, c = x.shape[:2]
     o, _, kh, kw = weight.shape
-    geo = geometry(tuple(x.shape[2:]), (kh, kw), stride, padding, patch)
-    reg = regions(x.float(), geo, padding)  # B, C, D
-    buckets = bucketize(hash_codes(reg, planes))
-    width = int(buckets.groups.max())
-    merged = merge_inputs(reg, buckets.index, width).contiguous()  # B, G, D
-    b = reg.shape[0]
+    geo, buckets, merged = merged_regions(
+        x.float(), (kh, kw), stride=stride, padding=padding, patch=patch, planes=planes
+    )
+    merged = merged.contiguous()  # B, G, D
+    b, width = merged.shape[:2]
     order = buckets.index.argsort(dim=1, stable=True).to(torch.int32).contiguous()  # channels by bucket
     counts = torch.zeros(b, width, dtype=torch.int64, device=x.device).scatter_add_(
         1, buckets.index, torch.ones_like(buckets.index)
