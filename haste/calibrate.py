@@ -24,7 +24,10 @@ from . import zoo
 from .convert import conversion, convert
 from .evaluate import CONVERT_DEFAULTS, add_data_arguments, command_line, dense_copy, load_data, predict, summarise
 from .levels import MAX_HYPERPLANES
-from .sweep import add_grid_arguments, conv_names, schedule_table, summarize, sweep
+from .sweep import AXES, add_grid_arguments, conv_names, schedule_table, summarize, sweep, with_defaults
+
+#: The conversion options a calibration is for (one value each; the seed comes from --seeds).
+OPTION_AXES = tuple(a for a in AXES if a != "schedule")
 
 #: Largest accuracy drop (points, on the calibration split) allowed per level.
 BUDGETS = {"low": 0.5, "medium": 1.0, "high": 2.0}
@@ -77,7 +80,7 @@ def calibrate(
             hyperplanes=grid.get("hyperplanes", [4, 5, 6, 7, 8, 10, 12, 14]),
             seeds=grid.get("seeds", [0, 1, 2]),
             schedule=grid.get("schedule", [""]),
-            **{k: [options[k]] for k in ("patch_size", "sparsity", "hash", "start_layer", "include_pointwise")},
+            **{k: [options[k]] for k in OPTION_AXES},
             split=split,
             data_dir=data_dir,
             limit=limit,
@@ -86,7 +89,7 @@ def calibrate(
             command=command,
             log=log,
         )
-    same = [r for r in swept["rows"] if all(r.get(k) == options[k] for k in options if k != "seed")]
+    same = [r for r in map(with_defaults, swept["rows"]) if all(r.get(k) == options[k] for k in options if k != "seed")]
     if not same:
         raise ValueError(f"no run of the sweep used the conversion options {options}")
     summary = summarize(same)
@@ -183,12 +186,12 @@ def add_command(sub) -> None:
 def _run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    for name in ("patch_size", "sparsity", "hash", "start_layer", "include_pointwise"):
+    for name in OPTION_AXES:
         if len(getattr(args, name)) != 1:
             raise ValueError(
                 f"calibrate takes one value of --{name.replace('_', '-')} (the options the levels are for)"
             )
-    options = {k: getattr(args, k)[0] for k in ("patch_size", "sparsity", "hash", "start_layer", "include_pointwise")}
+    options = {k: getattr(args, k)[0] for k in OPTION_AXES}
     options["seed"] = args.seeds[0]
     if max(args.hyperplanes) > MAX_HYPERPLANES:
         raise ValueError(f"hyperplanes must be at most {MAX_HYPERPLANES}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .functional import check_merge
 from .levels import MAX_HYPERPLANES, resolve_table
 from .lsh import FAMILIES
 from .module import HasteConv2d
@@ -41,7 +42,7 @@ def skip_reason(conv: nn.Conv2d, index: int, *, start_layer: int, include_pointw
 #: convert()'s options when neither the call nor the model's card sets them.
 DEFAULT_OPTIONS = dict(
     patch_size=4, sparsity=2 / 3, hash="ternary", seed=0, start_layer=1, include_pointwise=False,
-    max_hyperplanes=MAX_HYPERPLANES,
+    max_hyperplanes=MAX_HYPERPLANES, merge="mean",
 )  # fmt: skip
 
 
@@ -55,13 +56,14 @@ def convert(
     start_layer: int | None = None,
     include_pointwise: bool | None = None,
     max_hyperplanes: int | None = None,
+    merge: str | None = None,
     levels: Mapping[str, object] | None = None,
 ) -> nn.Module:
     """Replace the eligible convs of ``model`` in place by HASTE wrappers and return ``model``.
 
     Every option left at None takes the value the model's card was calibrated with (a model loaded
     with ``haste.zoo.load`` carries its card), else ``DEFAULT_OPTIONS`` (P=4, sparsity 2/3, ternary,
-    seed 0, start_layer 1, no 1x1, 24 hyperplanes).
+    seed 0, start_layer 1, no 1x1, 24 hyperplanes, the paper's mean merge).
 
     Args:
         patch_size: tile side P, in output pixels.
@@ -72,6 +74,9 @@ def convert(
             the default 1 leaves the first conv dense.
         include_pointwise: also convert 1x1 convs.
         max_hyperplanes: hyperplanes sampled per layer (the largest usable L).
+        merge: "mean" (the paper: hash centred across channels, mean inputs, summed filters) or
+            "scaled" (hash centred within each channel, filter slices weighted by least-squares scales;
+            see ``haste.functional``).
         levels: level table overriding ``haste.LEVELS``: name -> int, or name -> {layer: int,
             "default": int} for a per-layer schedule. By default, a model with a card uses the
             calibrated table of its card when the options equal the ones it was calibrated with
@@ -83,7 +88,7 @@ def convert(
     """
     given = dict(
         patch_size=patch_size, sparsity=sparsity, hash=hash, seed=seed, start_layer=start_layer,
-        include_pointwise=include_pointwise, max_hyperplanes=max_hyperplanes,
+        include_pointwise=include_pointwise, max_hyperplanes=max_hyperplanes, merge=merge,
     )  # fmt: skip
     calibrated = calibrated_options(model)
     options = {k: v if v is not None else calibrated[k] for k, v in given.items()}
@@ -94,6 +99,7 @@ def convert(
         raise ValueError(f"hash must be one of {', '.join(FAMILIES)}; got {hash!r}")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1); got {sparsity!r}")
+    check_merge(options["merge"])
     if not 1 <= max_hyperplanes <= 62:
         raise ValueError(f"max_hyperplanes must be from 1 to 62; got {max_hyperplanes!r}")
     if any(isinstance(m, HasteConv2d) for m in model.modules()):
@@ -124,6 +130,7 @@ def convert(
             seed=seed * 1_000_003 + index,
             max_hyperplanes=max_hyperplanes,
             levels=tables[name],
+            merge=options["merge"],
         )
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, wrapper)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from . import zoo
-from .convert import conversion, convert
+from .convert import DEFAULT_OPTIONS, conversion, convert
+from .functional import MERGES
 from .levels import LEVELS, compression
 from .lsh import FAMILIES
 from .preprocess import InputSpec, normalize, preprocess
@@ -30,7 +31,7 @@ from .profile import Report, profile
 
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
 #: The library's conversion defaults (haste.convert's keyword defaults).
-CONVERT_DEFAULTS = dict(patch_size=4, sparsity=2 / 3, hash="ternary", seed=0, start_layer=1, include_pointwise=False)
+CONVERT_DEFAULTS = {k: v for k, v in DEFAULT_OPTIONS.items() if k != "max_hyperplanes"}
 
 
 @dataclass
@@ -189,7 +190,7 @@ def evaluate(
     """Evaluate ``model_name`` dense and converted at ``level`` (or ``hyperplanes``, which wins).
 
     ``options`` are haste.convert options (patch_size, sparsity, hash, seed, start_layer,
-    include_pointwise); None or absent means the card's calibrated options, else the defaults.
+    include_pointwise, merge); None or absent means the card's calibrated options, else the defaults.
     Returns a JSON-ready dict: dense_accuracy, accuracy (fractions), drop_points, agreement,
     flops_dense / flops_executed / flops_overhead (multiply-adds per image), saving (fraction,
     overhead included), per-layer breakdown, conversion options and skipped layers.
@@ -239,6 +240,11 @@ def add_convert_arguments(p) -> None:
     g.add_argument("--start-layer", type=int, help="index of the first convertible conv (default 1)")
     g.add_argument(
         "--include-pointwise", type=boolean, nargs="?", const=True, help="also convert 1x1 convs (default no)"
+    )
+    g.add_argument(
+        "--merge",
+        choices=MERGES,
+        help="mean: the paper's merge; scaled: hash centred within channels, least-squares scaled filter merge",
     )
 
 
@@ -292,6 +298,7 @@ def _run(args) -> int:
         seed=args.seed,
         start_layer=args.start_layer,
         include_pointwise=args.include_pointwise,
+        merge=args.merge,
     )
     if args.json:
         print(json.dumps(result, indent=2))

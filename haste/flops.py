@@ -35,16 +35,22 @@ def _tile_weights(geo: Geometry) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _layer_constants(geo: Geometry, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int):
-    """(dense per image, c_out * k^2, overhead per image before subtracting c_out * k^2 per bucket: the
-    filter merge costs c_out * (C - G) * k^2 per tile)."""
+def _layer_constants(geo: Geometry, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int, merge: str):
+    """(dense per image, multiply-adds saved per bucket and tile, overhead per image before subtracting
+    them: the filter merge costs c_out * (C - G) * k^2 per tile, the scaled merge's factors 3 * (C - G) *
+    region pixels at most)."""
     kk = geo.kernel[0] * geo.kernel[1]
     valid_total = float(geo.valid_pixels().sum())
     region = geo.region[0] * geo.region[1]
     per_tile = (
         c_in * used_planes_nnz + 2 * c_in * hyperplanes + c_in * math.ceil(math.log2(max(c_in, 2))) + c_in * region
     )
-    return float(c_out * c_in * kk) * valid_total, float(c_out * kk), float(geo.count * (per_tile + c_out * kk * c_in))
+    per_bucket = float(c_out * kk)
+    if merge == "scaled":  # channel sums for the within-channel centring, scale factors (dot products)
+        per_tile += c_in * region + 3 * c_in * region
+        per_bucket += 3 * region
+    dense = float(c_out * c_in * kk) * valid_total
+    return dense, float(c_out * kk), per_bucket, float(geo.count * (per_tile + c_out * kk * c_in))
 
 
 def tile_sums(geo: Geometry, groups: torch.Tensor) -> list[list[float]]:
@@ -54,7 +60,14 @@ def tile_sums(geo: Geometry, groups: torch.Tensor) -> list[list[float]]:
 
 
 def haste_flops(
-    geo: Geometry, sums: list[list[float]], *, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int
+    geo: Geometry,
+    sums: list[list[float]],
+    *,
+    c_in: int,
+    c_out: int,
+    used_planes_nnz: int,
+    hyperplanes: int,
+    merge: str = "mean",
 ) -> tuple[list[float], list[float], list[float], list[float]]:
     """Per-image (dense, executed, overhead, mean buckets per tile) of one HASTE conv, multiply-adds.
 
@@ -63,6 +76,8 @@ def haste_flops(
         sums: per image [sum of G x valid output pixels, sum of G] over its tiles (``tile_sums``).
         used_planes_nnz: non-zero entries in the hyperplanes used (ternary: additions per channel).
         hyperplanes: L.
+        merge: "mean" or "scaled" (adds the channel sums, C * region pixels, and the scale factors,
+            at most 3 * (C - G) * region pixels: dot products with the bucket mean and its norm).
 
     Overhead per tile: projection (C * nnz), centring the projections (2 * C * L: mean over channels
     and subtraction), sorting the codes (C * ceil(log2 C)), input merge (C * region pixels) and
@@ -70,9 +85,9 @@ def haste_flops(
     the dense and merged convolutions.
     """
     # c_out * k^2 multiply-adds per bucket and output pixel; each bucket also saves c_out * k^2 filter-merge adds
-    dense, out_kk, overhead_max = _layer_constants(geo, c_in, c_out, used_planes_nnz, hyperplanes)
+    dense, out_kk, per_bucket, overhead_max = _layer_constants(geo, c_in, c_out, used_planes_nnz, hyperplanes, merge)
     executed = [out_kk * gv for gv, _ in sums]
-    overhead = [overhead_max - out_kk * g for _, g in sums]
+    overhead = [overhead_max - per_bucket * g for _, g in sums]
     buckets = [g / geo.count for _, g in sums]
     return [dense] * len(sums), executed, overhead, buckets
 

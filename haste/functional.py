@@ -3,6 +3,10 @@
 Per image and per P x P output tile: hash the channels of the tile's input region, merge colliding
 channels (mean of inputs, sum of filter slices), run a valid convolution of the merged channels on
 the region, add the bias once, and crop the tiles back into the output.
+
+``merge="scaled"`` (this project's variant, not the paper's): hash each channel centred within itself
+(``lsh.hash_codes_within``: the code sees the channel's shape, not its offset or scale) and weight each
+member's filter slice by its least-squares scale against the bucket mean (``merge.scale_factors``).
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .buckets import Buckets, bucketize
-from .lsh import hash_codes
-from .merge import merge_filters, merge_inputs
+from .lsh import hash_codes, hash_codes_within
+from .merge import merge_filters, merge_inputs, scale_factors
 from .tiles import Geometry, assemble, geometry, regions
 
 
@@ -39,13 +43,28 @@ def merged_regions(
     padding: tuple[int, int, int, int],
     patch: int,
     planes: torch.Tensor,
-) -> tuple[Geometry, Buckets, torch.Tensor]:
-    """The tiling, the buckets of every tile region (B = N * tiles rows) and the bucket means of the
-    regions (B, G, region_h * region_w), G = the largest bucket count of any tile (zero-padded)."""
+    merge: str = "mean",
+) -> tuple[Geometry, Buckets, torch.Tensor, torch.Tensor | None]:
+    """The tiling, the buckets of every tile region (B = N * tiles rows), the bucket means of the
+    regions (B, G, region_h * region_w), G = the largest bucket count of any tile (zero-padded), and
+    for ``merge="scaled"`` the (B, C) scale of every channel's filter slice (None for ``mean``)."""
+    check_merge(merge)
     geo = geometry(tuple(x.shape[2:]), kernel, stride, padding, patch)
     reg = regions(x, geo, padding)  # B, C, D
-    buckets = bucketize(hash_codes(reg, planes))
-    return geo, buckets, merge_inputs(reg, buckets.index, int(buckets.groups.max()))
+    buckets = bucketize((hash_codes if merge == "mean" else hash_codes_within)(reg, planes))
+    means = merge_inputs(reg, buckets.index, int(buckets.groups.max()))
+    scale = scale_factors(reg, buckets.index, means) if merge == "scaled" else None
+    return geo, buckets, means, scale
+
+
+MERGES = ("mean", "scaled")
+
+
+def check_merge(merge: str) -> str:
+    """Return ``merge`` if it is one of ``MERGES``, else raise ValueError saying what is accepted."""
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {', '.join(MERGES)}; got {merge!r}")
+    return merge
 
 
 def haste_conv2d(
@@ -57,6 +76,7 @@ def haste_conv2d(
     padding: tuple[int, int, int, int],
     patch: int,
     planes: torch.Tensor,
+    merge: str = "mean",
 ) -> Result:
     """HASTE convolution of ``x`` (N, C, H, W) with ``weight`` (C_out, C, kh, kw).
 
@@ -65,12 +85,15 @@ def haste_conv2d(
         padding: zero padding (left, right, top, bottom).
         patch: tile side P in output pixels.
         planes: (L, region_h * region_w) hyperplanes; L sets the compression.
+        merge: "mean" (the paper) or "scaled" (see the module docstring).
     """
     n = x.shape[0]
     kernel = tuple(weight.shape[2:])
-    geo, buckets, merged_x = merged_regions(x, kernel, stride=stride, padding=padding, patch=patch, planes=planes)
+    geo, buckets, merged_x, scale = merged_regions(
+        x, kernel, stride=stride, padding=padding, patch=patch, planes=planes, merge=merge
+    )
     b, width = merged_x.shape[:2]
-    merged_w = merge_filters(weight, buckets.index, width)  # B, O, G, kh, kw
+    merged_w = merge_filters(weight, buckets.index, width, scale)  # B, O, G, kh, kw
     rh, rw = geo.region
     out = F.conv2d(
         merged_x.reshape(1, b * width, rh, rw),

@@ -51,3 +51,25 @@ def hash_codes(regions: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
     proj = proj - proj.mean(dim=1, keepdim=True)
     weights = 2 ** torch.arange(planes.shape[0], device=regions.device, dtype=torch.int64)
     return ((proj > 0).to(torch.int64) * weights).sum(dim=-1)
+
+
+#: Relative tolerance of the within-channel hash: a centred projection counts as positive only above
+#: ``WITHIN_TOLERANCE * |sum of the channel| * max |R|``, so that flat (constant) channels, whose exact
+#: centred projections are 0, get code 0 whatever the rounding of the engine.
+WITHIN_TOLERANCE = 1e-5
+
+
+def hash_codes_within(regions: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+    """Codes of the channels centred *within* each channel (over its pixels) instead of across channels.
+
+    ``sum_l 2**l * [<x_c - mean(x_c), R_l> > tol_c]``, computed as ``<x_c, R_l> - mean(x_c) * sum(R_l)``;
+    ``tol_c = WITHIN_TOLERANCE * |sum(x_c)| * max|R|``. The code depends on the shape of the channel in the
+    region, not on its offset or scale: the bucketing of the ``scaled`` merge (``merge.merge_scaled``).
+    """
+    planes = planes.to(regions.dtype)
+    proj = torch.matmul(regions, planes.t())  # B, C, L
+    total = regions.sum(dim=2, keepdim=True)  # B, C, 1
+    proj = proj - total / regions.shape[2] * planes.sum(dim=1)
+    tol = WITHIN_TOLERANCE * total.abs() * planes.abs().max()
+    weights = 2 ** torch.arange(planes.shape[0], device=regions.device, dtype=torch.int64)
+    return ((proj > tol).to(torch.int64) * weights).sum(dim=-1)

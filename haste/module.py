@@ -8,7 +8,7 @@ from torch import nn
 from . import engine
 from . import levels as _levels
 from .flops import haste_flops, tile_sums
-from .functional import conv_padding
+from .functional import check_merge, conv_padding
 from .lsh import sample_hyperplanes
 from .profile import active
 from .tiles import Geometry, geometry
@@ -26,6 +26,8 @@ class HasteConv2d(nn.Module):
         seed: seed of this layer's hyperplanes.
         max_hyperplanes: rows sampled; a level uses the first L.
         levels: this layer's table level name -> hyperplanes (see ``levels.resolve_table``).
+        merge: "mean" (the paper) or "scaled" (within-channel hashing, least-squares scaled filter merge;
+            see ``haste.functional``).
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class HasteConv2d(nn.Module):
         seed: int = 0,
         max_hyperplanes: int = _levels.MAX_HYPERPLANES,
         levels: dict[str, int] | None = None,
+        merge: str = "mean",
     ) -> None:
         super().__init__()
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
@@ -50,6 +53,7 @@ class HasteConv2d(nn.Module):
         self.sparsity = sparsity
         self.seed = seed
         self.max_hyperplanes = max_hyperplanes
+        self.merge = check_merge(merge)
         self.levels = dict(levels) if levels is not None else _levels.resolve_table(None, name)
         self.padding = conv_padding(conv)
         region = tuple((patch_size - 1) * s + k for s, k in zip(conv.stride, conv.kernel_size))
@@ -57,12 +61,15 @@ class HasteConv2d(nn.Module):
         self.register_buffer("planes", planes.to(conv.weight.device, conv.weight.dtype), persistent=False)
         self._cpu_cache: tuple | None = None  # see _cpu_operands
         self._geometry: dict[tuple[int, int], Geometry] = {}
-        self._static = (conv.kernel_size, conv.stride, self.padding, patch_size)  # the kernel's geometry args
+        self._static = (conv.kernel_size, conv.stride, self.padding, patch_size, merge == "scaled")  # kernel args
         # Additions per channel for the first L planes (projection cost), precomputed per L.
         self._nnz = [0, *torch.count_nonzero(planes, dim=1).cumsum(0).tolist()]
 
     def extra_repr(self) -> str:
-        return f"patch_size={self.patch_size}, hash={self.hash}, sparsity={self.sparsity:.3g}, levels={self.levels}"
+        return (
+            f"patch_size={self.patch_size}, hash={self.hash}, sparsity={self.sparsity:.3g}, merge={self.merge}, "
+            f"levels={self.levels}"
+        )
 
     def _cpu_operands(self, hyperplanes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weight in the kernel's layout, bias, first ``hyperplanes`` planes) for the CPU kernel: one cache,
@@ -137,7 +144,7 @@ class HasteConv2d(nn.Module):
         else:
             result = engine.conv2d(
                 x, weight, self.conv.bias, stride=self.conv.stride, padding=self.padding, patch=self.patch_size,
-                planes=self.planes[:hyperplanes], engine=name,
+                planes=self.planes[:hyperplanes], engine=name, merge=self.merge,
             )  # fmt: skip
             y = result.output
             if collector is None:
@@ -146,7 +153,7 @@ class HasteConv2d(nn.Module):
             sums = tile_sums(geo, result.groups)
         dense, executed, overhead, buckets = haste_flops(
             geo, sums, c_in=self.conv.in_channels, c_out=self.conv.out_channels,
-            used_planes_nnz=self._nnz[hyperplanes], hyperplanes=hyperplanes,
+            used_planes_nnz=self._nnz[hyperplanes], hyperplanes=hyperplanes, merge=self.merge,
         )  # fmt: skip
         collector.add(
             self.name, "haste", dense, executed, overhead,

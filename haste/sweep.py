@@ -38,11 +38,18 @@ from .evaluate import (
     predict,
     summarise,
 )
+from .functional import MERGES
 from .levels import MAX_HYPERPLANES
 from .lsh import FAMILIES
 
 #: Grid axes besides hyperplanes and seed; a run is identified by these, the seed and the hyperplanes.
-AXES = ("patch_size", "sparsity", "hash", "start_layer", "include_pointwise", "schedule")
+AXES = ("patch_size", "sparsity", "hash", "start_layer", "include_pointwise", "merge", "schedule")
+
+
+def with_defaults(row: dict) -> dict:
+    """A row of a result file written before the ``merge`` axis existed ran the paper's mean merge."""
+    row.setdefault("merge", "mean")
+    return row
 
 
 def parse_schedule(text: str) -> dict[str, str]:
@@ -155,6 +162,7 @@ def sweep(
     hash: list[str] = ("ternary",),
     start_layer: list[int] = (1,),
     include_pointwise: list[bool] = (False,),
+    merge: list[str] = ("mean",),
     schedule: list[str] = ("",),
     out: str | Path | None = None,
     dataset: str | None = None,
@@ -186,12 +194,12 @@ def sweep(
     if base and base.with_suffix(".json").is_file():
         previous = json.loads(base.with_suffix(".json").read_text())
         if all(previous.get(k) == result[k] for k in ("model", "dataset", "split", "images")):
-            done = {_key(r): r for r in previous["rows"]}
+            done = {_key(with_defaults(r)): r for r in previous["rows"]}
             result["commands"] = [c for c in previous.get("commands", [previous.get("command")]) if c]
     result.setdefault("commands", [])
     if command and command not in result["commands"]:
         result["commands"].append(command)
-    grid = list(itertools.product(patch_size, sparsity, hash, start_layer, include_pointwise, schedule))
+    grid = list(itertools.product(patch_size, sparsity, hash, start_layer, include_pointwise, merge, schedule))
     total = len(grid) * len(seeds) * len(hyperplanes)
     for i, (point, seed, planes) in enumerate(itertools.product(grid, seeds, hyperplanes)):
         options = dict(zip(AXES, point))
@@ -254,6 +262,7 @@ def add_grid_arguments(p) -> None:
     p.add_argument("--hash", choices=FAMILIES, nargs="+", default=[CONVERT_DEFAULTS["hash"]])
     p.add_argument("--start-layer", type=int, nargs="+", default=[CONVERT_DEFAULTS["start_layer"]])
     p.add_argument("--include-pointwise", type=boolean, nargs="+", default=[False], help="true and/or false")
+    p.add_argument("--merge", choices=MERGES, nargs="+", default=[CONVERT_DEFAULTS["merge"]], help="mean and/or scaled")
     p.add_argument(
         "--schedule",
         nargs="+",
@@ -292,6 +301,7 @@ def _run(args) -> int:
         hash=args.hash,
         start_layer=args.start_layer,
         include_pointwise=args.include_pointwise,
+        merge=args.merge,
         schedule=args.schedule,
         out=args.out,
         dataset=args.dataset,

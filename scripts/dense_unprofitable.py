@@ -18,6 +18,9 @@ import shlex
 import sys
 from collections import defaultdict
 
+from haste.functional import MERGES
+from haste.sweep import with_defaults
+
 
 def layer_savings(rows: list[dict]) -> dict[tuple[int, str], dict[str, float]]:
     """{(hyperplanes, schedule): {layer: mean saving over the rows' seeds}} for the HASTE layers."""
@@ -41,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=0.03, help="run dense the layers saving less (fraction)")
     p.add_argument("--hyperplanes", type=int, nargs="*", help="only these rows' hyperplanes (default: all)")
     p.add_argument("--max-drop", type=float, help="only settings whose mean drop (points) is at most this")
+    p.add_argument("--merge", choices=MERGES, default="mean", help="only the rows of this merge rule")
     args = p.parse_args(argv)
     data = json.loads(open(args.sweep).read())
-    rows = [r for r in data["rows"] if "=0" not in r["schedule"]]  # derive from unpruned settings only
+    rows = [r for r in map(with_defaults, data["rows"]) if r["merge"] == args.merge]
+    rows = [r for r in rows if "=0" not in r["schedule"]]  # derive from unpruned settings only
     if args.max_drop is not None:
         drops = defaultdict(list)
         for r in rows:

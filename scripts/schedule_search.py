@@ -23,6 +23,9 @@ import re
 import shlex
 import sys
 
+from haste.functional import MERGES
+from haste.sweep import with_defaults
+
 
 def groups_of(rows: list[dict]) -> dict[str, dict[int, dict]]:
     """{group: {L: row}} for rows with schedule ``*=24,<group>=+0``."""
@@ -49,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="drop budgets (points)")
     p.add_argument("--margin", type=float, default=0.8, help="predicted drop must be <= margin x budget")
     p.add_argument("--top", type=int, default=3, help="schedules printed per budget")
+    p.add_argument("--merge", choices=MERGES, default="mean", help="only the rows of this merge rule")
     args = p.parse_args(argv)
     data = json.loads(open(args.sensitivity).read())
-    rows = data["rows"]
+    rows = [r for r in map(with_defaults, data["rows"]) if r["merge"] == args.merge]
     base = [r for r in rows if r["schedule"] == "*=24"]
     base_drop = sum(r["drop_points"] for r in base) / len(base) if base else 0.0
     groups = groups_of(rows)

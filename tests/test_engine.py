@@ -27,25 +27,50 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("merge", ["mean", "scaled"])
 @pytest.mark.parametrize(("c_in", "c_out", "k", "stride", "pad", "size", "patch", "hyperplanes", "family"), CASES)
-def test_cpu_engine_matches_reference(c_in, c_out, k, stride, pad, size, patch, hyperplanes, family):
-    """Integer-valued inputs make every projection exact, so both engines must find the same codes."""
+def test_cpu_engine_matches_reference(c_in, c_out, k, stride, pad, size, patch, hyperplanes, family, merge):
+    """Integer-valued inputs make every projection exact, so both engines must find the same codes
+    (for either merge rule; the scaled merge's factors are rounded differently, hence its tolerance)."""
     conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad)
     x = torch.randint(-3, 4, (3, c_in, *size)).float()
     region = ((patch - 1) * conv.stride[0] + conv.kernel_size[0]) * ((patch - 1) * conv.stride[1] + conv.kernel_size[1])
     planes = sample_hyperplanes(hyperplanes, region, family="ternary", seed=1)
     if family == "gaussian":  # integer-valued Gaussian-like planes keep the projections exact
         planes = torch.round(sample_hyperplanes(hyperplanes, region, family="gaussian", seed=1) * 3)
-    args = dict(stride=conv.stride, padding=conv_padding(conv), patch=patch, planes=planes)
+    args = dict(stride=conv.stride, padding=conv_padding(conv), patch=patch, planes=planes, merge=merge)
     with torch.no_grad():
         ref = engine.conv2d(x, conv.weight, conv.bias, engine="reference", **args)
         cpu = engine.conv2d(x, conv.weight, conv.bias, engine="cpu", **args)
     assert torch.equal(ref.groups, cpu.groups.to(torch.int64))
-    torch.testing.assert_close(cpu.output, ref.output, rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if merge == "mean" else 1e-4
+    torch.testing.assert_close(cpu.output, ref.output, rtol=tol, atol=tol)
     # the kernel's per-image FLOPs sums equal those computed from the reference's buckets per tile
     operands = (engine.weight_layout(conv.weight), conv.bias.detach(), planes.contiguous())
-    _, _, sums = engine.cpu_conv2d(x, *operands, conv.kernel_size, conv.stride, conv_padding(conv), patch)
+    geometry_args = (conv.kernel_size, conv.stride, conv_padding(conv), patch, merge == "scaled")
+    _, _, sums = engine.cpu_conv2d(x, *operands, *geometry_args)
     assert sums.tolist() == tile_sums(ref.geometry, ref.groups)
+
+
+@pytest.mark.parametrize("engine_name", ["reference", "cpu"])
+def test_scaled_merge_is_exact_for_channels_that_are_multiples_of_one_another(engine_name):
+    """Channels that are positive multiples of one base pattern hash alike under the within-channel hash
+    and merge exactly with least-squares scales; so do flat channels (code 0) inside the image, and at its
+    border (zero padding) their +/- multiples of the padding mask: at most 4 buckets of 12, dense output."""
+    conv = nn.Conv2d(12, 24, 3, padding=1)
+    base = torch.randn(2, 1, 8, 8)
+    scales = torch.tensor([0.5, 1.0, 2.0, 3.0, 0.25, 1.5, 4.0, 0.75])
+    flat = torch.tensor([0.0, 1.0, -2.0, 0.5])[None, :, None, None] * torch.ones(2, 4, 8, 8)
+    x = torch.cat([base * scales[None, :, None, None], flat], dim=1)
+    planes = sample_hyperplanes(10, 36, family="ternary", seed=5)
+    args = dict(stride=conv.stride, padding=conv_padding(conv), patch=4, planes=planes, engine=engine_name)
+    with torch.no_grad():
+        dense = conv(x)
+        scaled = engine.conv2d(x, conv.weight, conv.bias, merge="scaled", **args)
+    assert scaled.groups.max().item() <= 4
+    torch.testing.assert_close(scaled.output, dense, rtol=1e-4, atol=1e-4)
+    mean = engine.conv2d(x, conv.weight, conv.bias, merge="mean", **args)
+    assert (mean.output - dense).abs().max() > 0.1  # the paper's merge of the same channels is not exact
 
 
 @pytest.mark.parametrize("c_out", [72, 40, 256])

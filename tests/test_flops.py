@@ -96,3 +96,26 @@ def test_profile_ignores_other_threads():
         t.join()
         model(x)
     assert r.images == 1
+
+
+@pytest.mark.parametrize("merge", ["mean", "scaled"])
+def test_overhead_per_tile_follows_the_documented_count(merge):
+    """Overhead per tile, multiply-adds: projections C*nnz, centring 2*C*L, sorting C*ceil(log2 C), input
+    merge C*D, filter merge C_out*k^2*(C - G); the scaled merge adds the channel sums C*D and its scale
+    factors 3*D*(C - G)."""
+    from torch import nn
+
+    conv = nn.Conv2d(16, 8, 3, padding=1)
+    layer = haste.HasteConv2d(conv, name="c", merge=merge)
+    x = torch.randn(1, 16, 8, 8)  # 4 tiles of 4x4, regions of 6x6
+    with torch.no_grad(), haste.profile(layer) as r, haste.compression(hyperplanes=6):
+        layer(x)
+    stats = r.layers["c"]
+    c, c_out, d, tiles, kk = 16, 8, 36, 4, 9
+    g = stats.mean_buckets * tiles
+    nnz = int(torch.count_nonzero(layer.planes[:6]))
+    expected = tiles * (c * nnz + 2 * c * 6 + c * 4 + c * d) + c_out * kk * (tiles * c - g)
+    if merge == "scaled":
+        expected += tiles * c * d + 3 * d * (tiles * c - g)
+    assert stats.overhead_flops == pytest.approx(expected)
+    assert stats.executed_flops == pytest.approx(c_out * kk * g * 16)

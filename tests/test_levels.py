@@ -192,16 +192,23 @@ def test_zero_in_a_schedule_runs_that_layer_dense():
 def test_convert_adopts_the_options_of_the_model_card():
     """Options left unset come from the card the levels were calibrated with; an option passed that
     differs keeps the card's levels out (they were measured for other settings)."""
-    card = {"haste": {"options": {"patch_size": 2, "seed": 3, "sparsity": 0.5}, "levels": {"high": 9}}}
+    card = {
+        "haste": {"options": {"patch_size": 2, "seed": 3, "sparsity": 0.5, "merge": "scaled"}, "levels": {"high": 9}}
+    }
     dense = torchvision.models.resnet18(num_classes=10).eval()
     dense.haste_card = card
     model = haste.convert(dense)
     options = haste.conversion(model).options
     assert (options["patch_size"], options["seed"], options["sparsity"], options["hash"]) == (2, 3, 0.5, "ternary")
     layer = model.layer1[0].conv1
-    assert layer.patch_size == 2 and layer.levels["high"] == 9
+    assert layer.patch_size == 2 and layer.levels["high"] == 9 and layer.merge == "scaled"
     other = torchvision.models.resnet18(num_classes=10).eval()
     other.haste_card = card
     haste.convert(other, patch_size=4)
-    assert other.layer1[0].conv1.patch_size == 4
+    assert other.layer1[0].conv1.patch_size == 4 and other.layer1[0].conv1.merge == "scaled"
     assert other.layer1[0].conv1.levels["high"] == haste.LEVELS["high"]
+
+
+def test_convert_rejects_an_unknown_merge_rule():
+    with pytest.raises(ValueError, match="merge must be one of mean, scaled; got 'median'"):
+        haste.convert(torchvision.models.resnet18(num_classes=10), merge="median")

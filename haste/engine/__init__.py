@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..functional import Result, haste_conv2d
+from ..functional import Result, check_merge, haste_conv2d
 from ..tiles import output_size
 
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"]
@@ -138,6 +138,7 @@ def conv2d(
     patch: int,
     planes: torch.Tensor,
     engine: str | None = None,
+    merge: str = "mean",
 ) -> Result:
     """HASTE convolution with the engine chosen by ``choose`` (or forced by ``engine``).
 
@@ -145,8 +146,8 @@ def conv2d(
     ``haste.tiles.geometry`` if needed); ``HasteConv2d`` calls ``cpu_conv2d`` with cached operands.
     """
     engine = engine or choose(x, weight)
-    if engine == "reference":
-        return haste_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes)
+    if engine == "reference" or (engine == "triton" and merge != "mean"):  # the Triton kernel merges by mean only
+        return haste_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes, merge=merge)
     if engine == "triton":
         from .triton_gpu import conv2d as triton_conv2d
 
@@ -160,17 +161,17 @@ def conv2d(
         weight_layout(weight),
         EMPTY if bias is None else bias.detach(),
         planes.contiguous(),
-        kernel, stride, padding, patch,
+        kernel, stride, padding, patch, check_merge(merge) == "scaled",
     )  # fmt: skip
     return Result(y, None, groups)
 
 
-def cpu_conv2d(x, weight_t, bias, planes, kernel, stride, padding, patch) -> list[torch.Tensor]:
+def cpu_conv2d(x, weight_t, bias, planes, kernel, stride, padding, patch, scaled=False) -> list[torch.Tensor]:
     """The CPU kernel without checks or conversions: ``weight_t`` from ``weight_layout``, ``bias`` a
     detached tensor (``EMPTY`` for none), ``planes`` contiguous, the input size already checked
     (``tiles.output_size``). Returns [channels-last output, buckets per tile, per-image sums (N, 2) as
     ``flops.tile_sums``]. The per-call fast path of ``HasteConv2d``; use ``conv2d`` otherwise."""
-    return _module.haste_conv2d_cpu(x, weight_t, bias, planes, *kernel, *stride, *padding, patch)
+    return _module.haste_conv2d_cpu(x, weight_t, bias, planes, *kernel, *stride, *padding, patch, scaled)
 
 
 EMPTY = torch.empty(0)

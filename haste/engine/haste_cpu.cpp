@@ -180,7 +180,7 @@ void project_all(const float* const* ptr, int64_t c, int64_t rs, int64_t rh, int
 }
 
 struct Scratch {
-  std::vector<float> proj, merged, filters;
+  std::vector<float> proj, merged, filters, beta;
   std::vector<int64_t> codes, stamp;
   std::vector<int> order, bucket, count, first, base, off, table;
   std::vector<const float*> ptr, regs, filts;
@@ -188,18 +188,21 @@ struct Scratch {
   int64_t tick = 0;
 };
 
-constexpr int64_t kTableBits = 14;  // lookup-table bucketing up to 14 hyperplanes, sorting beyond
+constexpr int64_t kTableBits = 14;
+constexpr float kWithinTolerance = 1e-5f;  // haste.lsh.WITHIN_TOLERANCE  // lookup-table bucketing up to 14 hyperplanes, sorting beyond
 
 }  // namespace
 
 // x: (N, C, H, W) float contiguous. wt: (C, kh*kw, O) float contiguous (weight permuted).
-// planes: (L, rh*rw) float contiguous. bias: (O,) or empty.
+// planes: (L, rh*rw) float contiguous. bias: (O,) or empty. scaled: the "scaled" merge (hash the channels
+// centred within themselves, weight each member's filter rows by its least-squares scale against the
+// bucket mean; haste/functional.py) instead of the paper's (centred across channels, plain sums).
 // Returns (y (N, O, Hout, Wout), groups (N*Th*Tw,) int32, sums (N, 2) float64: per image the sum over
 // tiles of buckets x valid output pixels and the sum of buckets).
 std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, torch::Tensor bias,
                                             torch::Tensor planes, int64_t kh, int64_t kw, int64_t sh,
                                             int64_t sw, int64_t pad_l, int64_t pad_r, int64_t pad_t,
-                                            int64_t pad_b, int64_t patch) {
+                                            int64_t pad_b, int64_t patch, bool scaled) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat, "x: float NCHW");
   const bool nhwc = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
   if (!nhwc) x = x.contiguous();
@@ -270,12 +273,28 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   const float* B = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* Y = y.data_ptr<float>();
   int* G = groups.data_ptr<int>();
-  // planes transposed to (d, 16*nv), zero-padded beyond L
-  const int nv = static_cast<int>((L + 15) / 16);
+  // planes transposed to (d, 16*nv), zero-padded beyond L; scaled: lane L is all ones (the channel sum)
+  const int nv = static_cast<int>((L + (scaled ? 1 : 0) + 15) / 16);
+  TORCH_CHECK(nv <= 4, "at most 63 hyperplanes (62 with merge='scaled')");
   std::vector<float> rt(d * 16 * nv, 0.f);
   const float* R = planes.data_ptr<float>();
   for (int64_t l = 0; l < L; ++l)
     for (int64_t i = 0; i < d; ++i) rt[i * 16 * nv + l] = R[l * d + i];
+  // within-channel centring: <x - mean(x), R_l> = <x, R_l> - sum(x) / d * rowsum_l, positive above
+  // kWithinTolerance * |sum(x)| * max|R| (haste.lsh.hash_codes_within)
+  std::vector<float> rowsum(16 * nv, 0.f);
+  float rmax = 0.f;
+  if (scaled) {
+    for (int64_t i = 0; i < d; ++i) rt[i * 16 * nv + L] = 1.f;
+    for (int64_t l = 0; l < L; ++l) {
+      float acc = 0.f;
+      for (int64_t i = 0; i < d; ++i) {
+        acc += R[l * d + i];
+        rmax = std::max(rmax, std::abs(R[l * d + i]));
+      }
+      rowsum[l] = acc;
+    }
+  }
   const bool use_table = L <= kTableBits;
   const int64_t fo = kk * o;  // floats per filter row block of one channel
 
@@ -293,6 +312,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     grow(s.filts, c);
     grow(s.merged, c * rh * wp + rwp);
     grow(s.filters, c * fo);
+    grow(s.beta, c);
     grow(s.dst, patch * patch);
     grow(s.base, patch * patch);
     grow(s.off, kk);
@@ -322,16 +342,31 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       case 3: project_all<3>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
       default: project_all<4>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
     }
-    // mean over channels (vector adds), then one compare per 16 planes gives the sign bits
-    v16 mv[4] = {v16{}, v16{}, v16{}, v16{}};
-    for (int64_t ch = 0; ch < c; ++ch)
-      for (int v = 0; v < nv; ++v) mv[v] += load16(proj + (ch * nv + v) * 16);
-    for (int v = 0; v < nv; ++v) mv[v] = mv[v] / static_cast<float>(c);  // as torch.mean: sum / C
     const uint64_t keep = L == 64 ? ~uint64_t{0} : (uint64_t{1} << L) - 1;
-    for (int64_t ch = 0; ch < c; ++ch) {
-      uint64_t code = 0;
-      for (int v = 0; v < nv; ++v) code |= sign_bits(load16(proj + (ch * nv + v) * 16) - mv[v]) << (16 * v);
-      s.codes[ch] = static_cast<int64_t>(code & keep);
+    if (scaled) {  // centred within each channel: subtract sum / d * rowsum, compare with the tolerance
+      v16 rs[4];
+      for (int v = 0; v < nv; ++v) rs[v] = load16(rowsum.data() + 16 * v);
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const float total = proj[ch * nv * 16 + L];
+        const float mean = total / static_cast<float>(d), tol = kWithinTolerance * std::abs(total) * rmax;
+        uint64_t code = 0;
+        for (int v = 0; v < nv; ++v) {
+          const v16 centred = load16(proj + (ch * nv + v) * 16) - mean * rs[v];
+          code |= sign_bits(centred - tol) << (16 * v);
+        }
+        s.codes[ch] = static_cast<int64_t>(code & keep);
+      }
+    } else {
+      // mean over channels (vector adds), then one compare per 16 planes gives the sign bits
+      v16 mv[4] = {v16{}, v16{}, v16{}, v16{}};
+      for (int64_t ch = 0; ch < c; ++ch)
+        for (int v = 0; v < nv; ++v) mv[v] += load16(proj + (ch * nv + v) * 16);
+      for (int v = 0; v < nv; ++v) mv[v] = mv[v] / static_cast<float>(c);  // as torch.mean: sum / C
+      for (int64_t ch = 0; ch < c; ++ch) {
+        uint64_t code = 0;
+        for (int v = 0; v < nv; ++v) code |= sign_bits(load16(proj + (ch * nv + v) * 16) - mv[v]) << (16 * v);
+        s.codes[ch] = static_cast<int64_t>(code & keep);
+      }
     }
     STAGE(kHash)
     // 3. buckets: equal codes share a bucket
@@ -399,17 +434,45 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       const float inv = 1.f / static_cast<float>(size);
       for (int64_t ry = 0; ry < nrow; ++ry)
         for (int64_t cx = 0; cx < span; cx += 16) store16(m + ry * wp + cx, load16(m + ry * wp + cx) * inv);
+      // filter row weights: 1 for the plain sum; scaled: member i's least-squares scale a_i = <x_i, m> /
+      // <m, m> relative to the pivot's (the largest a_p), and the mean region times a_p, so that the
+      // product equals m * sum_i a_i w_i while the pivot's rows are added unscaled
+      float* beta = s.beta.data();
+      int pivot = 0;
+      std::fill(beta, beta + size, 1.f);
+      if (scaled) {
+        float mm = 0.f;
+        for (int64_t ry = 0; ry < rh; ++ry)
+          for (int64_t rx = 0; rx < rw; ++rx) mm += m[ry * wp + rx] * m[ry * wp + rx];
+        if (mm > 0.f) {
+          for (int i = 0; i < size; ++i) {
+            const float* r = s.ptr[members[i]];
+            float dot = 0.f;
+            for (int64_t ry = 0; ry < rh; ++ry)
+              for (int64_t rx = 0; rx < rw; ++rx) dot += r[ry * wp + rx] * m[ry * wp + rx];
+            beta[i] = dot / mm;
+            if (beta[i] > beta[pivot]) pivot = i;
+          }
+          const float ap = beta[pivot];
+          for (int i = 0; i < size; ++i) beta[i] = i == pivot ? 1.f : beta[i] / ap;
+          for (int64_t ry = 0; ry < nrow; ++ry)
+            for (int64_t cx = 0; cx < span; cx += 16) store16(m + ry * wp + cx, load16(m + ry * wp + cx) * ap);
+        }
+      }
       // filter rows: 64 floats at a time summed over the members in 4 independent registers
       int64_t e = 0;
+      const int first_member = members[pivot];
       for (; e + 64 <= fo; e += 64) {
-        const float* w0 = WT + members[0] * fo + e;
+        const float* w0 = WT + first_member * fo + e;
         v16 a0 = load16(w0), a1 = load16(w0 + 16), a2 = load16(w0 + 32), a3 = load16(w0 + 48);
-        for (int i = 1; i < size; ++i) {
+        for (int i = 0; i < size; ++i) {
+          if (i == pivot) continue;
           const float* wi = WT + members[i] * fo + e;
-          a0 += load16(wi);
-          a1 += load16(wi + 16);
-          a2 += load16(wi + 32);
-          a3 += load16(wi + 48);
+          const float bi = beta[i];
+          a0 += bi * load16(wi);
+          a1 += bi * load16(wi + 16);
+          a2 += bi * load16(wi + 32);
+          a3 += bi * load16(wi + 48);
         }
         store16(f + e, a0);
         store16(f + e + 16, a1);
@@ -417,13 +480,15 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
         store16(f + e + 48, a3);
       }
       for (; e + 16 <= fo; e += 16) {
-        v16 a0 = load16(WT + members[0] * fo + e);
-        for (int i = 1; i < size; ++i) a0 += load16(WT + members[i] * fo + e);
+        v16 a0 = load16(WT + first_member * fo + e);
+        for (int i = 0; i < size; ++i)
+          if (i != pivot) a0 += beta[i] * load16(WT + members[i] * fo + e);
         store16(f + e, a0);
       }
       for (; e < fo; ++e) {
-        float a0 = 0.f;
-        for (int i = 0; i < size; ++i) a0 += WT[members[i] * fo + e];
+        float a0 = WT[first_member * fo + e];
+        for (int i = 0; i < size; ++i)
+          if (i != pivot) a0 += beta[i] * WT[members[i] * fo + e];
         f[e] = a0;
       }
     }

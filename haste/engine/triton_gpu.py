@@ -61,7 +61,7 @@ def conv2d(
     """HASTE convolution with the fused Triton kernel (same arguments as haste.functional.haste_conv2d)."""
     n, c = x.shape[:2]
     o, _, kh, kw = weight.shape
-    geo, buckets, merged = merged_regions(
+    geo, buckets, merged, _ = merged_regions(
         x.float(), (kh, kw), stride=stride, padding=padding, patch=patch, planes=planes
     )
     merged = merged.contiguous()  # B, G, D
