@@ -70,20 +70,22 @@ def models_table() -> list[str]:
 
 def calibrated_table() -> list[str]:
     lines = [
-        "| model | dense test acc. (%) | level | hyperplanes L | calibration drop (pts) | test acc. (%) "
+        "| model | dense test acc. (%) | merge | level | hyperplanes L | calibration drop (pts) | test acc. (%) "
         "| test drop (pts) | FLOPs saving incl. overhead (%) | saving excl. overhead (%) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, data in load("calibrate-*.json"):
         levels = data["haste"]["levels"]
+        merge = data["haste"].get("options", {}).get("merge", "mean")
         for row in data["haste"]["table"]:
             lines.append(
-                f"| {model} | {pct(row['test_dense_accuracy'])} | {row['level']} | {setting(levels[row['level']])} "
+                f"| {model} | {pct(row['test_dense_accuracy'])} | {merge} | {row['level']} "
+                f"| {setting(levels[row['level']])} "
                 f"| {row['calibration_drop']:.2f} | {pct(row['test_accuracy'])} | {row['test_drop']:.2f} "
                 f"| **{pct(row['saving'])}** | {pct(row['saving_without_overhead'])} |"
             )
     for name, dense, drop, saving in PAPER:
-        lines.append(f"| {name} | {dense} | - | - | - | - | {drop} | {saving} | - |")
+        lines.append(f"| {name} | {dense} | mean | - | - | - | - | {drop} | {saving} | - |")
     return lines
 
 
@@ -97,14 +99,14 @@ def sweep_tables() -> list[str]:
             "",
             *(f"    {c}" for c in data.get("commands", [data["command"]])),
             "",
-            "| L | accuracy (%) | drop (pts) | saving incl. overhead (%) | saving excl. overhead (%) |",
-            "|---|---|---|---|---|",
+            "| merge | L | accuracy (%) | drop (pts) | saving incl. overhead (%) | saving excl. overhead (%) |",
+            "|---|---|---|---|---|---|",
         ]
-        for s in sorted(data["summary"], key=lambda s: s["hyperplanes"]):
-            if any(s.get(a) != DEFAULTS.get(a, "") for a in AXES):
+        for s in sorted(data["summary"], key=lambda s: (s["merge"] != "mean", s["hyperplanes"])):
+            if any(s.get(a) != DEFAULTS.get(a, "") for a in AXES if a != "merge"):
                 continue
             lines.append(
-                f"| {s['hyperplanes']} | {pct(s['accuracy_mean'])} +/- {pct(s['accuracy_std'])} "
+                f"| {s['merge']} | {s['hyperplanes']} | {pct(s['accuracy_mean'])} +/- {pct(s['accuracy_std'])} "
                 f"| {s['drop_points_mean']:.2f} | {pct(s['saving_mean'])} +/- {pct(s['saving_std'])} "
                 f"| {pct(s['saving_without_overhead_mean'])} |"
             )
@@ -177,7 +179,8 @@ def bar_lines() -> list[str]:
             verdict = "meets" if row["saving"] >= 0.462 and row["test_drop"] <= 1.25 else "does not meet"
             lines.append(
                 f"- {model}, the setting of the sweep with the largest saving within 1.25 points on the calibration "
-                f"split (L={row['hyperplanes']} {row['schedule'] or 'uniform'}): test drop {row['test_drop']:.2f} "
+                f"split ({data['haste'].get('options', {}).get('merge', 'mean')} merge, L={row['hyperplanes']} "
+                f"{row['schedule'] or 'uniform'}): test drop {row['test_drop']:.2f} "
                 f"points, **{pct(row['saving'])}% saving**; {verdict} the paper's 46.2%."
             )
     return lines
@@ -201,26 +204,37 @@ def why_lines() -> list[str]:
 
 
 def width_lines() -> list[str]:
-    """Width 16 against width 32 ResNet34: redundancy per tile and the high level's saving with/without overhead."""
+    """Width 16 against width 32 ResNet34: redundancy per tile, and the saving with/without overhead of the
+    same setting (uniform L=12, the paper's mean merge) in both models' sweeps."""
     red = dict(load("redundancy-*.json"))
-    cal = dict(load("calibrate-*.json"))
+    swept = dict(load("sweep-*.json"))
     pair = ("fmnist-resnet34-w16", "fmnist-resnet34")
-    if not all(m in red and m in cal for m in pair):
+    if not all(m in red and m in swept for m in pair):
         return []
 
     def near(m):
         layers = list(red[m]["layers"].values())
         return sum(v["cos>0.9"] for v in layers) / len(layers)
 
-    def high(m):
-        return next(r for r in cal[m]["haste"]["table"] if r["level"] == "high")
+    def l12(m):
+        rows = [
+            s
+            for s in swept[m]["summary"]
+            if s["hyperplanes"] == 12 and all(s.get(a) == DEFAULTS.get(a, "") for a in AXES)
+        ]
+        return rows[0] if rows else None
 
-    a, b = (high(m) for m in pair)
+    a, b = (l12(m) for m in pair)
+    if a is None or b is None:
+        return []
     return [
         f"- Width 16 -> 32 (ResNet34): near-duplicate channel pairs per tile {100 * near(pair[0]):.1f}% -> "
-        f"{100 * near(pair[1]):.1f}%; at `high`, saving before overhead {pct(a['saving_without_overhead'])}% -> "
-        f"{pct(b['saving_without_overhead'])}%, after overhead {pct(a['saving'])}% -> {pct(b['saving'])}%. The wider "
-        "model is not more redundant per tile here; what it gains is a smaller relative hashing overhead."
+        f"{100 * near(pair[1]):.1f}%; at uniform L=12 with the mean merge (calibration split), saving before overhead "
+        f"{pct(a['saving_without_overhead_mean'])}% -> {pct(b['saving_without_overhead_mean'])}%, after overhead "
+        f"{pct(a['saving_mean'])}% -> {pct(b['saving_mean'])}%, accuracy drop {a['drop_points_mean']:.2f} -> "
+        f"{b['drop_points_mean']:.2f} points. With more channels per region the same L makes more buckets collide "
+        "(and the hashing overhead is relatively smaller), but near-duplicate pairs did not become more frequent: "
+        "the calibrated levels of the two widths (table above) compare what each model keeps within a budget."
     ]
 
 

@@ -172,32 +172,35 @@ def test_sweep_and_calibrate(tmp_path, capsys):
     out = tmp_path / "results" / "sweep"
     code, _, err = run(
         capsys, "sweep", "--model", card, "--hyperplanes", 3, 8, "--seeds", 0, 1, 2, "--limit", 30,
-        "--schedule", "", "layer1=+2", "--out", out,
+        "--schedule", "", "layer1=+2", "--merge", "mean", "scaled", "--out", out,
     )  # fmt: skip
     assert code == 0, err
     result = json.loads(out.with_suffix(".json").read_text())
-    assert result["split"] == "calibration" and result["images"] == 30 and len(result["rows"]) == 12
-    assert len(result["summary"]) == 4 and all(s["seeds"] == 3 for s in result["summary"])
-    uniform = {s["hyperplanes"]: s for s in result["summary"] if s["schedule"] == ""}
-    assert uniform[3]["saving_mean"] > uniform[8]["saving_mean"] and uniform[3]["saving_std"] > 0
+    assert result["split"] == "calibration" and result["images"] == 30 and len(result["rows"]) == 24
+    assert len(result["summary"]) == 8 and all(s["seeds"] == 3 for s in result["summary"])
+    for merge in ("mean", "scaled"):
+        uniform = {s["hyperplanes"]: s for s in result["summary"] if s["schedule"] == "" and s["merge"] == merge}
+        assert uniform[3]["saving_mean"] > uniform[8]["saving_mean"] and uniform[3]["saving_std"] > 0
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert out.with_suffix(".csv").read_text().startswith("patch_size,sparsity,hash")
     # rerunning resumes: nothing is recomputed
     code, out_text, _ = run(capsys, "sweep", "--model", card, "--hyperplanes", 3, 8, "--limit", 30,
-                            "--schedule", "", "layer1=+2", "--out", out)  # fmt: skip
-    assert code == 0 and "[1/12]" not in out_text
+                            "--schedule", "", "layer1=+2", "--merge", "mean", "scaled", "--out", out)  # fmt: skip
+    assert code == 0 and "[1/24]" not in out_text
 
     code, text, err = run(
         capsys, "calibrate", "--model", card, "--sweep", out.with_suffix(".json"), "--test-limit", 30,
-        "--out", tmp_path / "results" / "calibrate", "--write-card",
+        "--merge", "scaled", "--out", tmp_path / "results" / "calibrate", "--write-card",
     )  # fmt: skip
     assert code == 0, err
     stored = zoo.card(card)
     assert set(stored["haste"]["levels"]) <= {"low", "medium", "high"} and stored["haste"]["table"]
     assert stored["haste"]["options"]["max_hyperplanes"] == haste.MAX_HYPERPLANES
+    assert stored["haste"]["options"]["merge"] == "scaled"
     for row in stored["haste"]["table"]:
         assert row["calibration_drop"] <= row["budget_points"] and 0 <= row["test_accuracy"] <= 1
     model = haste.convert(zoo.load(card))
     wrapper = next(m for m in model.modules() if isinstance(m, haste.HasteConv2d))
+    assert wrapper.merge == "scaled"  # the card's calibrated options, then its levels
     level, value = next(iter(stored["haste"]["levels"].items()))
     assert wrapper.levels[level] == (value if isinstance(value, int) else value.get(wrapper.name, value["default"]))

@@ -2,7 +2,8 @@
 
 - ``cpu``: a fused C++ kernel (haste_cpu.cpp), compiled on first use with torch's cpp_extension (gcc,
   OpenMP, MKL's sgemm through libtorch), parallel over tiles. Used for float32 CPU inference.
-- ``triton``: for CUDA tensors without gradients when Triton is installed: torch ops for hashing and
+- ``triton``: for CUDA tensors without gradients when Triton is installed (``merge="mean"`` only; ``scaled``
+  runs the reference engine there): torch ops for hashing and
   bucketing on the device and one fused Triton kernel for the merged convolution (triton_gpu.py).
 - ``reference``: the vectorised PyTorch implementation (haste/functional.py). Used when gradients are
   needed, for CPU dtypes other than float32, on CUDA without Triton, or when the CPU kernel cannot be
@@ -169,7 +170,7 @@ def conv2d(
 def cpu_conv2d(x, weight_t, bias, planes, kernel, stride, padding, patch, scaled=False) -> list[torch.Tensor]:
     """The CPU kernel without checks or conversions: ``weight_t`` from ``weight_layout``, ``bias`` a
     detached tensor (``EMPTY`` for none), ``planes`` contiguous, the input size already checked
-    (``tiles.output_size``). Returns [channels-last output, buckets per tile, per-image sums (N, 2) as
+    (``tiles.output_size``). Returns [output in the input's memory format, buckets per tile, per-image sums (N, 2) as
     ``flops.tile_sums``]. The per-call fast path of ``HasteConv2d``; use ``conv2d`` otherwise."""
     return _module.haste_conv2d_cpu(x, weight_t, bias, planes, *kernel, *stride, *padding, patch, scaled)
 

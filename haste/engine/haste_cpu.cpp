@@ -185,6 +185,7 @@ struct Scratch {
   std::vector<int> order, bucket, count, first, base, off, table;
   std::vector<const float*> ptr, regs, filts;
   std::vector<float*> dst;
+  std::vector<float> block;  // one tile's output (pixels, O) when the output is NCHW
   int64_t tick = 0;
 };
 
@@ -266,8 +267,9 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
                         (x1 - x0) * sizeof(float));
     });
   }
-  // output channels-last (N, Hout, Wout, O) memory, returned as a logical NCHW tensor
-  auto y = torch::empty({n, hout, wout, o}, x.options());
+  // the output keeps the input's memory format: channels-last (N, Hout, Wout, O) memory returned as a
+  // logical NCHW tensor, or NCHW, written per tile from a (pixels, O) scratch block
+  auto y = nhwc ? torch::empty({n, hout, wout, o}, x.options()) : torch::empty({n, o, hout, wout}, x.options());
   auto groups = torch::empty({n * tiles}, x.options().dtype(torch::kInt));
   const float* WT = wt.data_ptr<float>();
   const float* B = bias.numel() ? bias.data_ptr<float>() : nullptr;
@@ -314,6 +316,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     grow(s.filters, c * fo);
     grow(s.beta, c);
     grow(s.dst, patch * patch);
+    if (!nhwc) grow(s.block, patch * patch * o);
     grow(s.base, patch * patch);
     grow(s.off, kk);
     if (use_table) {
@@ -503,7 +506,8 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     // 6. y[pixel][0..O) = bias + merged channels (pixels, depth) @ merged filters (depth, O), in place
     for (int64_t py = 0; py < vh; ++py)
       for (int64_t px = 0; px < vw; ++px)
-        s.dst[py * vw + px] = Y + ((img * hout + oy0 + py) * wout + ox0 + px) * o;
+        s.dst[py * vw + px] = nhwc ? Y + ((img * hout + oy0 + py) * wout + ox0 + px) * o
+                                   : s.block.data() + (py * vw + px) * o;
     auto gemm = [&](int64_t oc0, int64_t oc1) {
       gemm_buckets(pixels, ng, kk, o, oc0, oc1, s.regs.data(), s.filts.data(), s.base.data(), s.off.data(),
                    s.dst.data(), B);
@@ -512,6 +516,12 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       at::parallel_for(0, (o + 31) / 32, 1, [&](int64_t b0, int64_t b1) { gemm(b0 * 32, std::min(o, b1 * 32)); });
     else
       gemm(0, o);
+    if (!nhwc)  // the tile's (pixels, O) block into the NCHW output
+      for (int64_t oc = 0; oc < o; ++oc) {
+        float* plane = Y + ((img * o + oc) * hout + oy0) * wout + ox0;
+        for (int64_t py = 0; py < vh; ++py)
+          for (int64_t px = 0; px < vw; ++px) plane[py * wout + px] = s.block[(py * vw + px) * o + oc];
+      }
     STAGE(kGemm)
   };
   if (split_gemm) {
@@ -537,7 +547,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     S[2 * img] = gv;
     S[2 * img + 1] = g;
   }
-  return {y.permute({0, 3, 1, 2}), groups, sums};
+  return {nhwc ? y.permute({0, 3, 1, 2}) : y, groups, sums};
 }
 
 // Stage totals in seconds since the last reset (all zero unless built with -DHASTE_PROFILE).
@@ -548,6 +558,9 @@ std::vector<double> stage_seconds(bool reset) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("haste_conv2d_cpu", &haste_conv2d_cpu, "Fused HASTE convolution (CPU)");
+  // the GIL is released while the kernel runs, as ATen ops do: other Python threads (a server's event
+  // loop decoding the next requests) keep running during inference
+  m.def("haste_conv2d_cpu", &haste_conv2d_cpu, "Fused HASTE convolution (CPU)",
+        py::call_guard<py::gil_scoped_release>());
   m.def("stage_seconds", &stage_seconds, "per-stage seconds: region, hash, bucket, merge, im2col, gemm");
 }
