@@ -73,19 +73,6 @@ def test_scaled_merge_is_exact_for_channels_that_are_multiples_of_one_another(en
     assert (mean.output - dense).abs().max() > 0.1  # the paper's merge of the same channels is not exact
 
 
-def test_output_keeps_the_input_memory_format():
-    """NCHW in, NCHW out; channels-last in, channels-last out; the same values either way."""
-    conv = nn.Conv2d(24, 40, 3, padding=1)
-    x = torch.randn(2, 24, 11, 9)
-    planes = sample_hyperplanes(8, 36, family="ternary", seed=2)
-    args = dict(stride=conv.stride, padding=conv_padding(conv), patch=4, planes=planes, engine="cpu")
-    with torch.no_grad():
-        nchw = engine.conv2d(x, conv.weight, conv.bias, **args).output
-        nhwc = engine.conv2d(x.contiguous(memory_format=torch.channels_last), conv.weight, conv.bias, **args).output
-    assert nchw.is_contiguous() and nhwc.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(nhwc, nchw, rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("c_out", [72, 40, 256])
 def test_single_tile_gemm_split_over_threads_matches_reference(c_out):
     """One image, one tile, more threads than tiles: the kernel splits the GEMM by output channels."""

@@ -170,7 +170,7 @@ def conv2d(
 def cpu_conv2d(x, weight_t, bias, planes, kernel, stride, padding, patch, scaled=False) -> list[torch.Tensor]:
     """The CPU kernel without checks or conversions: ``weight_t`` from ``weight_layout``, ``bias`` a
     detached tensor (``EMPTY`` for none), ``planes`` contiguous, the input size already checked
-    (``tiles.output_size``). Returns [output in the input's memory format, buckets per tile, per-image sums (N, 2) as
+    (``tiles.output_size``). Returns [channels-last output, buckets per tile, per-image sums (N, 2) as
     ``flops.tile_sums``]. The per-call fast path of ``HasteConv2d``; use ``conv2d`` otherwise."""
     return _module.haste_conv2d_cpu(x, weight_t, bias, planes, *kernel, *stride, *padding, patch, scaled)
 
