@@ -159,6 +159,13 @@ def ablation_tables() -> list[str]:
     return lines
 
 
+def options_text(options: dict) -> str:
+    """'scaled merge' plus the conversion options that differ from the defaults, e.g. 'patch_size=2'."""
+    options = with_defaults(dict(options))
+    changed = [f"{k}={v}" for k, v in options.items() if k in DEFAULTS and k != "merge" and v != DEFAULTS[k]]
+    return ", ".join([f"{options['merge']} merge", *changed])
+
+
 def bar_lines() -> list[str]:
     """The issue's bar: >= 46.2% saving at <= 1.25 points test drop on the ResNet34 reference model."""
     lines = []
@@ -179,7 +186,7 @@ def bar_lines() -> list[str]:
             verdict = "meets" if row["saving"] >= 0.462 and row["test_drop"] <= 1.25 else "does not meet"
             lines.append(
                 f"- {model}, the setting of the sweep with the largest saving within 1.25 points on the calibration "
-                f"split ({data['haste'].get('options', {}).get('merge', 'mean')} merge, L={row['hyperplanes']} "
+                f"split ({options_text(data['haste'].get('options', {}))}, L={row['hyperplanes']} "
                 f"{row['schedule'] or 'uniform'}): test drop {row['test_drop']:.2f} "
                 f"points, **{pct(row['saving'])}% saving**; {verdict} the paper's 46.2%."
             )

@@ -337,6 +337,8 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     }
   }
   const bool use_table = L <= kTableBits;
+  v16 lanes{};  // 1 in the first rw lanes: a region row read as one vector (the scaled merge's dot products)
+  for (int l = 0; l < 16 && l < rw; ++l) lanes[l] = 1.f;
   const int64_t fo = kk * o;  // floats per filter row block of one channel
 
   // Per-thread buffers kept across calls: they only grow, and are never zero-filled in bulk.
@@ -480,17 +482,27 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       // rows are weighted by a_i / a_p, so that the product equals m * sum_i a_i w_i
       float* beta = s.beta.data();
       if (scaled) {
-        float mm = 0.f;
-        for (int64_t ry = 0; ry < rh; ++ry)
-          for (int64_t rx = 0; rx < rw; ++rx) mm += m[ry * wp + rx] * m[ry * wp + rx];
+        // <a, m> over the region: whole-vector rows masked to the region's rw columns where the rows are
+        // one vector wide, else element by element
+        const bool vector_rows = rows && rwp == 16;
+        auto dot_m = [&](const float* a) {
+          if (vector_rows) {
+            v16 acc{};
+            for (int64_t ry = 0; ry < rh; ++ry) acc += load16(a + ry * wp) * load16(m + ry * wp) * lanes;
+            float sum = 0.f;
+            for (int l = 0; l < 16; ++l) sum += acc[l];
+            return sum;
+          }
+          float sum = 0.f;
+          for (int64_t ry = 0; ry < rh; ++ry)
+            for (int64_t rx = 0; rx < rw; ++rx) sum += a[ry * wp + rx] * m[ry * wp + rx];
+          return sum;
+        };
+        const float mm = dot_m(m);
         if (mm > 0.f) {
           int pivot = 0;
           for (int i = 0; i < size; ++i) {
-            const float* r = s.ptr[members[i]];
-            float dot = 0.f;
-            for (int64_t ry = 0; ry < rh; ++ry)
-              for (int64_t rx = 0; rx < rw; ++rx) dot += r[ry * wp + rx] * m[ry * wp + rx];
-            beta[i] = dot / mm;
+            beta[i] = dot_m(s.ptr[members[i]]) / mm;
             if (beta[i] > beta[pivot]) pivot = i;
           }
           std::swap(members[0], members[pivot]);
