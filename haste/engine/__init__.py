@@ -2,8 +2,7 @@
 
 - ``cpu``: a fused C++ kernel (haste_cpu.cpp), compiled on first use with torch's cpp_extension (gcc,
   OpenMP, MKL's sgemm through libtorch), parallel over tiles. Used for float32 CPU inference.
-- ``triton``: for CUDA tensors without gradients when Triton is installed (``merge="mean"`` only; ``scaled``
-  runs the reference engine there): torch ops for hashing and
+- ``triton``: for CUDA tensors without gradients when Triton is installed: torch ops for hashing and
   bucketing on the device and one fused Triton kernel for the merged convolution (triton_gpu.py).
 - ``reference``: the vectorised PyTorch implementation (haste/functional.py). Used when gradients are
   needed, for CPU dtypes other than float32, on CUDA without Triton, or when the CPU kernel cannot be
@@ -147,12 +146,12 @@ def conv2d(
     ``haste.tiles.geometry`` if needed); ``HasteConv2d`` calls ``cpu_conv2d`` with cached operands.
     """
     engine = engine or choose(x, weight)
-    if engine == "reference" or (engine == "triton" and merge != "mean"):  # the Triton kernel merges by mean only
+    if engine == "reference":
         return haste_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes, merge=merge)
     if engine == "triton":
         from .triton_gpu import conv2d as triton_conv2d
 
-        return triton_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes)
+        return triton_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes, merge=merge)
     if engine != "cpu" or _load() is None:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)} (cpu unavailable: {unavailable}); got {engine!r}")
     kernel = tuple(weight.shape[2:])
