@@ -4,7 +4,9 @@
         --limit 2000 --out results/variant-uncentred-fmnist-resnet34
 
 ``uncentred``: hash the raw channel vectors instead of centring them across channels first (HASTE.md
-step 3). Runs the vectorised reference engine (HASTE_ENGINE=reference) with ``haste.functional``'s
+step 3). ``within``: centre each channel within itself (``haste.lsh.hash_codes_within``, the hash of
+``merge="scaled"``) but merge with the paper's plain mean: the scaled merge's hash without its scale
+factors. Runs the vectorised reference engine (HASTE_ENGINE=reference) with ``haste.functional``'s
 hash function swapped for the uncentred one; everything else (buckets, merging, FLOPs accounting) is
 the library's. Writes the same JSON/CSV/PNG as ``haste sweep`` (calibration split by default).
 """
@@ -21,6 +23,7 @@ os.environ["HASTE_ENGINE"] = "reference"  # before haste is imported: the fused 
 import torch  # noqa: E402
 
 import haste.functional  # noqa: E402
+from haste.lsh import hash_codes_within  # noqa: E402
 from haste.sweep import sweep  # noqa: E402
 
 
@@ -52,7 +55,7 @@ def euclidean_codes(width: float):
     return codes
 
 
-VARIANTS = {"uncentred": uncentred_codes}
+VARIANTS = {"uncentred": uncentred_codes, "within": hash_codes_within}
 for _w in (0.125, 0.25, 0.5, 1.0, 2.0):
     VARIANTS[f"euclidean{_w:g}"] = euclidean_codes(_w)
 
