@@ -36,9 +36,9 @@ def _tile_weights(geo: Geometry) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=256)
 def _layer_constants(geo: Geometry, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int, merge: str):
-    """(dense per image, multiply-adds saved per bucket and tile, overhead per image before subtracting
-    them: the filter merge costs c_out * (C - G) * k^2 per tile, the scaled merge's factors 3 * (C - G) *
-    region pixels at most)."""
+    """(dense per image, c_out * k^2 (multiply-adds per bucket and output pixel), overhead per bucket and tile
+    to subtract from the last: overhead per image as if every tile had 0 buckets. The filter merge costs
+    c_out * (C - G) * k^2 per tile, the scaled merge's factors at most 3 * (C - G) * region pixels.)"""
     kk = geo.kernel[0] * geo.kernel[1]
     valid_total = float(geo.valid_pixels().sum())
     region = geo.region[0] * geo.region[1]

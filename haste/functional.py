@@ -30,6 +30,16 @@ class Result(NamedTuple):
     groups: torch.Tensor
 
 
+MERGES = ("mean", "scaled")
+
+
+def check_merge(merge: str) -> str:
+    """Return ``merge`` if it is one of ``MERGES``, else raise ValueError saying what is accepted."""
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {', '.join(MERGES)}; got {merge!r}")
+    return merge
+
+
 def conv_padding(conv: torch.nn.Conv2d) -> tuple[int, int, int, int]:
     """The zero padding of ``conv`` as (left, right, top, bottom), 'same' and asymmetric included."""
     return tuple(int(p) for p in conv._reversed_padding_repeated_twice)
@@ -55,16 +65,6 @@ def merged_regions(
     means = merge_inputs(reg, buckets.index, int(buckets.groups.max()))
     scale = scale_factors(reg, buckets.index, means) if merge == "scaled" else None
     return geo, buckets, means, scale
-
-
-MERGES = ("mean", "scaled")
-
-
-def check_merge(merge: str) -> str:
-    """Return ``merge`` if it is one of ``MERGES``, else raise ValueError saying what is accepted."""
-    if merge not in MERGES:
-        raise ValueError(f"merge must be one of {', '.join(MERGES)}; got {merge!r}")
-    return merge
 
 
 def haste_conv2d(

@@ -64,7 +64,7 @@ def hash_codes_within(regions: torch.Tensor, planes: torch.Tensor) -> torch.Tens
 
     ``sum_l 2**l * [<x_c - mean(x_c), R_l> > tol_c]``, computed as ``<x_c, R_l> - mean(x_c) * sum(R_l)``;
     ``tol_c = WITHIN_TOLERANCE * |sum(x_c)| * max|R|``. The code depends on the shape of the channel in the
-    region, not on its offset or scale: the bucketing of the ``scaled`` merge (``merge.merge_scaled``).
+    region, not on its offset or scale: the bucketing of the ``scaled`` merge (``merge.scale_factors``).
     """
     planes = planes.to(regions.dtype)
     proj = torch.matmul(regions, planes.t())  # B, C, L
