@@ -73,6 +73,21 @@ def test_scaled_merge_is_exact_for_channels_that_are_multiples_of_one_another(en
     assert (mean.output - dense).abs().max() > 0.1  # the paper's merge of the same channels is not exact
 
 
+@pytest.mark.parametrize("merge", ["mean", "scaled"])
+def test_large_weights_match_reference(merge):
+    """Weights larger than the L2 cache (128 -> 264 channels, 3x3: 1.2 MB), many tiles, partial edge tiles and
+    output channels beyond a multiple of 16 (264): the kernel still equals the reference."""
+    conv = nn.Conv2d(128, 264, 3, padding=1)
+    x = torch.randint(-3, 4, (3, 128, 13, 11)).float()  # 4 x 3 tiles per image, 36 in all, edge tiles partial
+    planes = sample_hyperplanes(6, 36, family="ternary", seed=4)
+    args = dict(stride=conv.stride, padding=conv_padding(conv), patch=4, planes=planes, merge=merge)
+    with torch.no_grad():
+        ref = engine.conv2d(x, conv.weight, conv.bias, engine="reference", **args)
+        cpu = engine.conv2d(x, conv.weight, conv.bias, engine="cpu", **args)
+    assert torch.equal(ref.groups, cpu.groups.to(torch.int64)) and ref.groups.float().mean() < 128
+    torch.testing.assert_close(cpu.output, ref.output, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("c_out", [72, 40, 256])
 def test_single_tile_gemm_split_over_threads_matches_reference(c_out):
     """One image, one tile, more threads than tiles: the kernel splits the GEMM by output channels."""
