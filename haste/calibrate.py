@@ -24,7 +24,7 @@ from . import zoo
 from .convert import conversion, convert
 from .evaluate import CONVERT_DEFAULTS, add_data_arguments, command_line, dense_copy, load_data, predict, summarise
 from .levels import MAX_HYPERPLANES
-from .sweep import AXES, add_grid_arguments, conv_names, schedule_table, summarize, sweep, with_defaults
+from .sweep import AXES, add_grid_arguments, conv_names, matching, schedule_table, summarize, sweep
 
 #: The conversion options a calibration is for (one value each; the seed comes from --seeds).
 OPTION_AXES = tuple(a for a in AXES if a != "schedule")
@@ -89,7 +89,7 @@ def calibrate(
             command=command,
             log=log,
         )
-    same = [r for r in map(with_defaults, swept["rows"]) if all(r.get(k) == options[k] for k in options if k != "seed")]
+    same = matching(swept["rows"], **{k: v for k, v in options.items() if k != "seed"})
     if not same:
         raise ValueError(f"no run of the sweep used the conversion options {options}")
     summary = summarize(same)

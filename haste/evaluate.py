@@ -167,14 +167,6 @@ def summarise(
     return out
 
 
-def convert_options(card: dict, **given) -> dict:
-    """Conversion options: the ones given (not None), else the card's calibrated ones, else the defaults."""
-    options = dict(CONVERT_DEFAULTS)
-    options.update({k: v for k, v in (card.get("haste") or {}).get("options", {}).items() if k in options})
-    options.update({k: v for k, v in given.items() if v is not None})
-    return options
-
-
 def evaluate(
     model_name: str,
     *,
@@ -204,8 +196,7 @@ def evaluate(
     card = model.haste_card
     data = load_data(card, dataset=dataset, split=split, data_dir=data_dir, limit=limit)
     dense_preds, labels, _ = predict(model, data, level="off", batch_size=batch_size)
-    options = convert_options(card, **options)
-    convert(model, **options)
+    convert(model, **options)  # options not given: the card's calibrated ones, else the defaults
     preds, _, report = predict(model, data, level=level, hyperplanes=hyperplanes, batch_size=batch_size)
     record = conversion(model)
     result = {

@@ -52,6 +52,11 @@ def with_defaults(row: dict) -> dict:
     return row
 
 
+def matching(rows: list[dict], **options) -> list[dict]:
+    """The rows (read ``with_defaults``) that ran with these values of the given conversion options."""
+    return [r for r in map(with_defaults, rows) if all(r.get(k) == v for k, v in options.items())]
+
+
 def parse_schedule(text: str) -> dict[str, str]:
     """``"layer1=+2,layer4=-1"`` -> {"layer1": "+2", "layer4": "-1"}; "" -> {} (uniform)."""
     out = {}

@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 
 from haste.functional import MERGES
-from haste.sweep import with_defaults
+from haste.sweep import matching
 
 
 def layer_savings(rows: list[dict]) -> dict[tuple[int, str], dict[str, float]]:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", choices=MERGES, default="mean", help="only the rows of this merge rule")
     args = p.parse_args(argv)
     data = json.loads(open(args.sweep).read())
-    rows = [r for r in map(with_defaults, data["rows"]) if r["merge"] == args.merge]
+    rows = matching(data["rows"], merge=args.merge)
     rows = [r for r in rows if "=0" not in r["schedule"]]  # derive from unpruned settings only
     if args.max_drop is not None:
         drops = defaultdict(list)

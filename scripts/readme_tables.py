@@ -103,7 +103,7 @@ def sweep_tables() -> list[str]:
             "|---|---|---|---|---|---|",
         ]
         for s in sorted(data["summary"], key=lambda s: (s["merge"] != "mean", s["hyperplanes"])):
-            if any(s.get(a) != DEFAULTS.get(a, "") for a in AXES if a != "merge"):
+            if changed(s, [a for a in AXES if a != "merge"]):
                 continue
             lines.append(
                 f"| {s['merge']} | {s['hyperplanes']} | {pct(s['accuracy_mean'])} +/- {pct(s['accuracy_std'])} "
@@ -114,13 +114,18 @@ def sweep_tables() -> list[str]:
     return lines
 
 
-def describe(config: dict) -> str:
-    changed = []
-    for a in AXES:
+def changed(config: dict, axes=AXES) -> list[str]:
+    """``axis=value`` for the axes where ``config`` differs from the defaults (schedule default: uniform)."""
+    out = []
+    for a in axes:
         value, default = config.get(a), DEFAULTS.get(a, "")
         if value != default and not (isinstance(value, float) and abs(value - default) < 1e-9):
-            changed.append(f"{a}={round(value, 3) if isinstance(value, float) else value}")
-    return ", ".join(changed) or "defaults (P=4, s=2/3, ternary, start 1, no 1x1, mean merge, uniform L)"
+            out.append(f"{a}={round(value, 3) if isinstance(value, float) else value}")
+    return out
+
+
+def describe(config: dict) -> str:
+    return ", ".join(changed(config)) or "defaults (P=4, s=2/3, ternary, start 1, no 1x1, mean merge, uniform L)"
 
 
 def best_within(rows: list[dict], budget: float) -> str:
@@ -162,8 +167,7 @@ def ablation_tables() -> list[str]:
 def options_text(options: dict) -> str:
     """'scaled merge' plus the conversion options that differ from the defaults, e.g. 'patch_size=2'."""
     options = with_defaults(dict(options))
-    changed = [f"{k}={v}" for k, v in options.items() if k in DEFAULTS and k != "merge" and v != DEFAULTS[k]]
-    return ", ".join([f"{options['merge']} merge", *changed])
+    return ", ".join([f"{options['merge']} merge", *changed(options, [a for a in DEFAULTS if a != "merge"])])
 
 
 def bar_lines() -> list[str]:
@@ -224,11 +228,7 @@ def width_lines() -> list[str]:
         return sum(v["cos>0.9"] for v in layers) / len(layers)
 
     def l12(m):
-        rows = [
-            s
-            for s in swept[m]["summary"]
-            if s["hyperplanes"] == 12 and all(s.get(a) == DEFAULTS.get(a, "") for a in AXES)
-        ]
+        rows = [s for s in swept[m]["summary"] if s["hyperplanes"] == 12 and not changed(s)]
         return rows[0] if rows else None
 
     a, b = (l12(m) for m in pair)

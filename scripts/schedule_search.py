@@ -24,7 +24,7 @@ import shlex
 import sys
 
 from haste.functional import MERGES
-from haste.sweep import with_defaults
+from haste.sweep import matching
 
 
 def groups_of(rows: list[dict]) -> dict[str, dict[int, dict]]:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", choices=MERGES, default="mean", help="only the rows of this merge rule")
     args = p.parse_args(argv)
     data = json.loads(open(args.sensitivity).read())
-    rows = [r for r in map(with_defaults, data["rows"]) if r["merge"] == args.merge]
+    rows = matching(data["rows"], merge=args.merge)
     base = [r for r in rows if r["schedule"] == "*=24"]
     base_drop = sum(r["drop_points"] for r in base) / len(base) if base else 0.0
     groups = groups_of(rows)

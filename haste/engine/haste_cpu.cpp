@@ -192,18 +192,11 @@ void sum_rows(float* f, const float* WT, int64_t fo, const int* members, int siz
     v16 a0 = load16(w0), a1 = load16(w0 + 16), a2 = load16(w0 + 32), a3 = load16(w0 + 48);
     for (int i = 1; i < size; ++i) {
       const float* wi = WT + members[i] * fo + e;
-      if (Weighted) {
-        const float bi = beta[i];
-        a0 += bi * load16(wi);
-        a1 += bi * load16(wi + 16);
-        a2 += bi * load16(wi + 32);
-        a3 += bi * load16(wi + 48);
-      } else {
-        a0 += load16(wi);
-        a1 += load16(wi + 16);
-        a2 += load16(wi + 32);
-        a3 += load16(wi + 48);
-      }
+      const float bi = Weighted ? beta[i] : 1.f;  // a plain sum when not weighted (x * 1 is exact)
+      a0 += bi * load16(wi);
+      a1 += bi * load16(wi + 16);
+      a2 += bi * load16(wi + 32);
+      a3 += bi * load16(wi + 48);
     }
     store16(f + e, a0);
     store16(f + e + 16, a1);
