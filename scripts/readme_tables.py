@@ -214,35 +214,48 @@ def why_lines() -> list[str]:
     return lines
 
 
-def width_lines() -> list[str]:
-    """Width 16 against width 32 ResNet34: redundancy per tile, and the saving with/without overhead of the
-    same setting (uniform L=12, the paper's mean merge) in both models' sweeps."""
+WIDTHS = ("fmnist-resnet34-w16", "fmnist-resnet34", "fmnist-resnet34-w64")  # ResNet34 at base width 16, 32, 64
+
+
+def width_table() -> list[str]:
+    """The ResNet34 at each base width under the same settings (uniform L, both merge rules, calibration
+    split): how the saving and the accuracy cost of one setting change with the number of channels."""
     red = dict(load("redundancy-*.json"))
     swept = dict(load("sweep-*.json"))
-    pair = ("fmnist-resnet34-w16", "fmnist-resnet34")
-    if not all(m in red and m in swept for m in pair):
+    models = [m for m in WIDTHS if m in swept]
+    if len(models) < 2:
         return []
 
     def near(m):
-        layers = list(red[m]["layers"].values())
-        return sum(v["cos>0.9"] for v in layers) / len(layers)
+        layers = list(red[m]["layers"].values()) if m in red else []
+        return f"{100 * sum(v['cos>0.9'] for v in layers) / len(layers):.1f}" if layers else "-"
 
-    def l12(m):
-        rows = [s for s in swept[m]["summary"] if s["hyperplanes"] == 12 and not changed(s)]
-        return rows[0] if rows else None
+    def card(m):
+        return json.loads((ROOT / "haste" / "zoo" / "weights" / f"{m}.json").read_text())
 
-    a, b = (l12(m) for m in pair)
-    if a is None or b is None:
-        return []
-    return [
-        f"- Width 16 -> 32 (ResNet34): near-duplicate channel pairs per tile {100 * near(pair[0]):.1f}% -> "
-        f"{100 * near(pair[1]):.1f}%; at uniform L=12 with the mean merge (calibration split), saving before overhead "
-        f"{pct(a['saving_without_overhead_mean'])}% -> {pct(b['saving_without_overhead_mean'])}%, after overhead "
-        f"{pct(a['saving_mean'])}% -> {pct(b['saving_mean'])}%, accuracy drop {a['drop_points_mean']:.2f} -> "
-        f"{b['drop_points_mean']:.2f} points. With more channels per region the same L makes more buckets collide "
-        "(and the hashing overhead is relatively smaller), but near-duplicate pairs did not become more frequent: "
-        "the calibrated levels of the two widths (table above) compare what each model keeps within a budget."
+    lines = [
+        "ResNet34 by base width, the same settings on each (uniform L, calibration split, mean over 3 hyperplane "
+        "seeds; rows from results/sweep-MODEL.json; near-duplicates: channel pairs per tile region with centred "
+        "cosine > 0.9, results/redundancy-MODEL.json):",
+        "",
+        "| model | width | test acc. (%) | near-duplicates (%) | merge | L | saving excl. overhead (%) "
+        "| saving incl. overhead (%) | drop (pts) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    for merge in ("mean", "scaled"):
+        for hyperplanes in (10, 12, 14):
+            for m in models:
+                rows = [s for s in swept[m]["summary"] if s["hyperplanes"] == hyperplanes and s["merge"] == merge
+                        and not changed(s, [a for a in AXES if a != "merge"])]  # fmt: skip
+                if not rows:
+                    continue
+                r, c = rows[0], card(m)
+                lines.append(
+                    f"| {m} | {c['width']} | {pct(c['test_accuracy'])} | {near(m)} | {merge} | {hyperplanes} "
+                    f"| {pct(r['saving_without_overhead_mean'])} | **{pct(r['saving_mean'])}** "
+                    f"| {r['drop_points_mean']:.2f} |"
+                )
+    return [*lines, ""]
 
 
 def redundancy_tables() -> list[str]:
@@ -273,7 +286,9 @@ def section() -> str:
         "",
         "Trained here by `haste train --model NAME` (seed 0; results/train-NAME.log) on the first 55k",
         "Fashion-MNIST training images, padded to 32x32. The ResNet34 reference, `fmnist-resnet34`, has half",
-        "the paper's width (32); `fmnist-resnet34-w16` is the narrower one measured first.",
+        "the paper's width (32); `fmnist-resnet34-w16` is the narrower one measured first and `fmnist-resnet34-w64`",
+        "has the paper's width (4x the multiply-adds, so 4 epochs instead of 8: 91 min here), trained to ask whether",
+        "a wider model leaves HASTE more to merge (the width table below).",
         "",
         *models_table(),
         "",
@@ -289,8 +304,8 @@ def section() -> str:
         "",
         *bar_lines(),
         *why_lines(),
-        *width_lines(),
         "",
+        *width_table(),
         "### Sweeps",
         "",
         *sweep_tables(),
