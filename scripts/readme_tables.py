@@ -233,6 +233,11 @@ def width_table() -> list[str]:
     def card(m):
         return json.loads((ROOT / "haste" / "zoo" / "weights" / f"{m}.json").read_text())
 
+    def uniform(m, merge):
+        """The sweep's summary rows with uniform L, the given merge rule and the other options at defaults."""
+        others = [a for a in AXES if a != "merge"]
+        return [s for s in swept[m]["summary"] if s["merge"] == merge and not changed(s, others)]
+
     lines = [
         "ResNet34 by base width, the same settings on each (uniform L, calibration split, mean over 3 hyperplane "
         "seeds; rows from results/sweep-MODEL.json; near-duplicates: channel pairs per tile region with centred "
@@ -245,16 +250,21 @@ def width_table() -> list[str]:
     for merge in ("mean", "scaled"):
         for hyperplanes in (10, 12, 14):
             for m in models:
-                rows = [s for s in swept[m]["summary"] if s["hyperplanes"] == hyperplanes and s["merge"] == merge
-                        and not changed(s, [a for a in AXES if a != "merge"])]  # fmt: skip
-                if not rows:
-                    continue
-                r, c = rows[0], card(m)
-                lines.append(
-                    f"| {m} | {c['width']} | {pct(c['test_accuracy'])} | {near(m)} | {merge} | {hyperplanes} "
-                    f"| {pct(r['saving_without_overhead_mean'])} | **{pct(r['saving_mean'])}** "
-                    f"| {r['drop_points_mean']:.2f} |"
-                )
+                for r in [s for s in uniform(m, merge) if s["hyperplanes"] == hyperplanes][:1]:
+                    c = card(m)
+                    lines.append(
+                        f"| {m} | {c['width']} | {pct(c['test_accuracy'])} | {near(m)} | {merge} | {hyperplanes} "
+                        f"| {pct(r['saving_without_overhead_mean'])} | **{pct(r['saving_mean'])}** "
+                        f"| {r['drop_points_mean']:.2f} |"
+                    )
+    for merge in ("mean", "scaled"):
+        best = [
+            f"width {card(m)['width']}: {best_within(uniform(m, merge), 1.25)}" for m in models if uniform(m, merge)
+        ]
+        lines += [
+            "",
+            f"Largest uniform-L saving (%) within 1.25 points (calibration), {merge} merge: {'; '.join(best)}.",
+        ]
     return [*lines, ""]
 
 
