@@ -53,14 +53,19 @@ def load(pattern: str) -> list[tuple[str, dict]]:
     return out
 
 
+def cards() -> dict[str, dict]:
+    """The reference models' cards (haste/zoo/weights/NAME.json) by name, in file-name order."""
+    paths = sorted((ROOT / "haste" / "zoo" / "weights").glob("*.json"))
+    return {path.stem: json.loads(path.read_text()) for path in paths}
+
+
 def models_table() -> list[str]:
     """The reference models, from their cards."""
     lines = [
         "| model | architecture | base width | epochs | test acc. (%) | dense MFLOPs / image |",
         "|---|---|---|---|---|---|",
     ]
-    for path in sorted((ROOT / "haste" / "zoo" / "weights").glob("*.json")):
-        card = json.loads(path.read_text())
+    for card in cards().values():
         lines.append(
             f"| {card['name']} | {card['arch']} | {card['width']} | {card['recipe']['epochs']} "
             f"| {pct(card['test_accuracy'])} | {card['flops_dense'] / 1e6:.1f} |"
@@ -222,7 +227,8 @@ def width_table() -> list[str]:
     split): how the saving and the accuracy cost of one setting change with the number of channels."""
     red = dict(load("redundancy-*.json"))
     swept = dict(load("sweep-*.json"))
-    models = [m for m in WIDTHS if m in swept]
+    card = cards()
+    models = [m for m in WIDTHS if m in swept and m in card]
     if len(models) < 2:
         return []
 
@@ -230,13 +236,13 @@ def width_table() -> list[str]:
         layers = list(red[m]["layers"].values()) if m in red else []
         return f"{100 * sum(v['cos>0.9'] for v in layers) / len(layers):.1f}" if layers else "-"
 
-    def card(m):
-        return json.loads((ROOT / "haste" / "zoo" / "weights" / f"{m}.json").read_text())
-
-    def uniform(m, merge):
-        """The sweep's summary rows with uniform L, the given merge rule and the other options at defaults."""
-        others = [a for a in AXES if a != "merge"]
-        return [s for s in swept[m]["summary"] if s["merge"] == merge and not changed(s, others)]
+    # per (model, merge rule): the sweep's summary rows with uniform L and the other options at their defaults
+    others = [a for a in AXES if a != "merge"]
+    uniform = {
+        (m, merge): [s for s in swept[m]["summary"] if s["merge"] == merge and not changed(s, others)]
+        for m in models
+        for merge in ("mean", "scaled")
+    }
 
     lines = [
         "ResNet34 by base width, the same settings on each (uniform L, calibration split, mean over 3 hyperplane "
@@ -250,8 +256,8 @@ def width_table() -> list[str]:
     for merge in ("mean", "scaled"):
         for hyperplanes in (10, 12, 14):
             for m in models:
-                for r in [s for s in uniform(m, merge) if s["hyperplanes"] == hyperplanes][:1]:
-                    c = card(m)
+                for r in [s for s in uniform[m, merge] if s["hyperplanes"] == hyperplanes][:1]:
+                    c = card[m]
                     lines.append(
                         f"| {m} | {c['width']} | {pct(c['test_accuracy'])} | {near(m)} | {merge} | {hyperplanes} "
                         f"| {pct(r['saving_without_overhead_mean'])} | **{pct(r['saving_mean'])}** "
@@ -259,7 +265,7 @@ def width_table() -> list[str]:
                     )
     for merge in ("mean", "scaled"):
         best = [
-            f"width {card(m)['width']}: {best_within(uniform(m, merge), 1.25)}" for m in models if uniform(m, merge)
+            f"width {card[m]['width']}: {best_within(uniform[m, merge], 1.25)}" for m in models if uniform[m, merge]
         ]
         lines += [
             "",
