@@ -20,6 +20,7 @@ import torch
 
 from . import engine
 from .convert import convert
+from .layer_times import layer_times
 from .levels import LEVELS, compression
 from .profile import profile
 
@@ -85,9 +86,11 @@ def bench_model(
     rounds: int = 15,
     warmup: int = 3,
     stages: bool = False,
+    layers: bool = False,
     log=print,
 ) -> dict:
-    """Benchmark one model; see the module docstring."""
+    """Benchmark one model; see the module docstring. ``layers``: also time every HASTE layer alone,
+    dense and at each level (``haste.layer_times``)."""
     model, card, weights = load_model(name)
     dense = copy.deepcopy(model).eval()
     convert(model)
@@ -113,6 +116,9 @@ def bench_model(
                     model(x)
                 savings[level] = report.saving
             stage_split = _stages(model, x, levels) if stages else None
+        per_layer = {
+            level: layer_times(model, x, level, rounds=rounds, warmup=warmup) for level in levels if level != "off"
+        } if layers else None  # fmt: skip
         base = statistics.median(times["dense"])
         rows = []
         for key, ts in times.items():
@@ -129,6 +135,8 @@ def bench_model(
         entry = {"batch": batch, "input": list(x.shape[1:]), "images": source, "rows": rows}
         if stage_split:
             entry["stages"] = stage_split
+        if per_layer:
+            entry["layers"] = per_layer
         result["batches"].append(entry)
         for row in rows:
             log(f"{name} b={batch} {row['variant']:>6}: {row['median_ms']:8.2f} ms (min {row['min_ms']:.2f}, max "
@@ -232,7 +240,7 @@ def _stages(model, x, levels) -> dict:
     return out
 
 
-def run(models, *, batches, levels, rounds, warmup, threads, stages, out: Path | None, log=print) -> dict:
+def run(models, *, batches, levels, rounds, warmup, threads, stages, out: Path | None, layers=False, log=print) -> dict:
     torch.set_num_threads(threads)
     engine.cpu_kernel_available()
     report = {
@@ -241,7 +249,8 @@ def run(models, *, batches, levels, rounds, warmup, threads, stages, out: Path |
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads, "torch": torch.__version__,
                     "engine": "cpu" if engine._module else f"reference ({engine.unavailable})"},
         "levels": dict(LEVELS),
-        "models": [bench_model(m, batches=batches, levels=levels, rounds=rounds, warmup=warmup, stages=stages, log=log)
+        "models": [bench_model(m, batches=batches, levels=levels, rounds=rounds, warmup=warmup, stages=stages,
+                               layers=layers, log=log)
                    for m in models],
     }  # fmt: skip
     if out:
@@ -265,7 +274,35 @@ def markdown(report: dict) -> str:
                     f"| {m['model']} | {b['batch']} | {r['variant']} | {r['median_ms']:.2f} | {r['images_per_s']:.1f} "
                     f"| {100 * r['flops_saving']:.1f}% | {r['latency_ratio']:.3f}{ok} | {r['bar']:.3f} |"
                 )
-    return "\n".join(lines)
+    groups = layer_group_table(report)
+    return "\n".join([*lines, *(["", *groups] if groups else [])])
+
+
+def layer_group_table(report: dict) -> list[str]:
+    """The per-layer times of a report (``--layers``) summed by stage of the network (the layer name's first
+    part: layer1, layer2, ... or features): dense and HASTE ms, their ratio, the share of the model's FLOPs
+    the stage saves and its share of the dense model's time it saves."""
+    lines = []
+    for m in report["models"]:
+        for b in m["batches"]:
+            for level, t in b.get("layers", {}).items():
+                if not lines:
+                    lines = [
+                        "| model | batch | level | stage | convs | dense ms | HASTE ms | ratio "
+                        "| FLOPs saved (% of model) | time saved (% of model) |",
+                        "|---|---|---|---|---|---|---|---|---|---|",
+                    ]
+                groups: dict[str, list[dict]] = {}
+                for row in t["layers"]:
+                    groups.setdefault(row["layer"].split(".")[0], []).append(row)
+                for name, rows in groups.items():
+                    d, h = sum(r["dense_ms"] for r in rows), sum(r["haste_ms"] for r in rows)
+                    flops, time_saved = sum(r["model_flops_saved"] for r in rows), (d - h) / t["model_dense_ms"]
+                    lines.append(
+                        f"| {m['model']} | {b['batch']} | {level} | {name} | {len(rows)} | {d:.2f} | {h:.2f} "
+                        f"| {h / d:.2f} | {100 * flops:.1f} | {100 * time_saved:+.1f} |"
+                    )
+    return lines
 
 
 def add_command(sub) -> None:
@@ -277,6 +314,7 @@ def add_command(sub) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stages", action="store_true", help="also profile the CPU kernel's stages")
+    p.add_argument("--layers", action="store_true", help="also time every HASTE layer alone, dense and per level")
     p.add_argument("--json", dest="out", type=Path, help="write the report here")
     p.add_argument("--markdown", type=Path, help="print the README table of an existing report and exit")
     p.set_defaults(func=_cli)
@@ -287,5 +325,5 @@ def _cli(args) -> int:
         print(markdown(json.loads(args.markdown.read_text())))
         return 0
     run(args.models, batches=args.batch, levels=args.levels, rounds=args.rounds, warmup=args.warmup,
-        threads=args.threads, stages=args.stages, out=args.out)  # fmt: skip
+        threads=args.threads, stages=args.stages, layers=args.layers, out=args.out)  # fmt: skip
     return 0

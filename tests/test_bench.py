@@ -6,6 +6,8 @@ import pytest
 
 from haste import zoo
 from haste.cli import main
+from haste.convert import convert
+from haste.module import HasteConv2d
 
 pytestmark = pytest.mark.skipif(
     not zoo.paths("fmnist-resnet18")[0].is_file(), reason="fmnist-resnet18 weights not trained yet"
@@ -35,3 +37,28 @@ def test_bench_report(tmp_path, capsys):
     assert main(["bench", "--markdown", str(out)]) == 0
     table = capsys.readouterr().out
     assert table.count("| fmnist-resnet18 |") == 5
+
+
+def test_bench_layers(tmp_path, capsys):
+    """--layers: every HASTE layer timed dense and at the level, its saved FLOPs adding up to the model's."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--models", "fmnist-resnet18", "--batch", "2", "--levels", "high", "--rounds", "2",
+            "--warmup", "1", "--threads", "1", "--layers", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    (model,) = json.loads(out.read_text())["models"]
+    (batch,) = model["batches"]
+    per_layer = batch["layers"]["high"]
+    converted = convert(zoo.load("fmnist-resnet18"))
+    haste_layers = [m.name for m in converted.modules() if isinstance(m, HasteConv2d) and m.levels["high"] > 0]
+    assert [r["layer"] for r in per_layer["layers"]] == haste_layers
+    for r in per_layer["layers"]:
+        assert r["dense_ms"] > 0 and r["haste_ms"] > 0 and r["ratio"] == pytest.approx(r["haste_ms"] / r["dense_ms"])
+        assert r["margin"] == pytest.approx(r["model_time_saved"] - r["model_flops_saved"] / 2)
+    saved = sum(r["model_flops_saved"] for r in per_layer["layers"])
+    assert saved == pytest.approx(per_layer["model_saving"], rel=1e-6)
+    rows = {r["variant"]: r for r in batch["rows"]}
+    assert per_layer["model_saving"] == pytest.approx(rows["high"]["flops_saving"])
+    capsys.readouterr()
+    assert main(["bench", "--markdown", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| fmnist-resnet18 | 2 | high | layer1 |" in table and "| fmnist-resnet18 | 2 | high | layer4 |" in table

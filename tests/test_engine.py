@@ -24,6 +24,8 @@ CASES = [
     (12, 20, 3, 1, 1, (10, 9), 4, 9, "ternary"),
     (24, 7, 3, 2, 1, (13, 12), 2, 16, "gaussian"),
     (64, 16, 3, 1, 1, (4, 4), 8, 40, "gaussian"),
+    # merged filter rows summed per block of 64 output channels (two blocks and a remainder of 2)
+    (32, 130, 3, 1, 1, (8, 8), 4, 5, "ternary"),
 ]
 
 
@@ -88,13 +90,15 @@ def test_large_weights_match_reference(merge):
     torch.testing.assert_close(cpu.output, ref.output, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("merge", ["mean", "scaled"])
 @pytest.mark.parametrize("c_out", [72, 40, 256])
-def test_single_tile_gemm_split_over_threads_matches_reference(c_out):
-    """One image, one tile, more threads than tiles: the kernel splits the GEMM by output channels."""
+def test_single_tile_gemm_split_over_threads_matches_reference(c_out, merge):
+    """One image, one tile, more threads than tiles: the kernel splits the GEMM (and the merged filter
+    sums) by output channels."""
     conv = nn.Conv2d(24, c_out, 3, padding=1)
     x = torch.randint(-3, 4, (1, 24, 4, 4)).float()
     planes = sample_hyperplanes(6, 36, family="ternary", seed=3)
-    args = dict(stride=conv.stride, padding=conv_padding(conv), patch=4, planes=planes)
+    args = dict(stride=conv.stride, padding=conv_padding(conv), patch=4, planes=planes, merge=merge)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -104,7 +108,8 @@ def test_single_tile_gemm_split_over_threads_matches_reference(c_out):
     finally:
         torch.set_num_threads(threads)
     assert cpu.groups.tolist() == ref.groups.tolist() and ref.groups.item() < 24  # some buckets merged
-    torch.testing.assert_close(cpu.output, ref.output, rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if merge == "mean" else 1e-4
+    torch.testing.assert_close(cpu.output, ref.output, rtol=tol, atol=tol)
 
 
 def test_model_outputs_agree_and_engine_is_used():

@@ -60,7 +60,7 @@ def _load():
     return _module
 
 
-STAGES = ("region", "hash", "bucket", "merge", "im2col", "gemm")
+STAGES = ("region", "hash", "bucket", "merge", "im2col", "filters", "gemm")
 
 
 def profiling_kernel():
