@@ -219,22 +219,24 @@ def why_lines() -> list[str]:
     return lines
 
 
-WIDTHS = ("fmnist-resnet34-w16", "fmnist-resnet34", "fmnist-resnet34-w64")  # ResNet34 at base width 16, 32, 64
+# ResNet34 at base width 16 (8 and 40 epochs), 32 and 64: what width and training length leave HASTE to merge
+RESNET34S = ("fmnist-resnet34-w16", "fmnist-resnet34-w16-e40", "fmnist-resnet34", "fmnist-resnet34-w64")
 
 
 def width_table() -> list[str]:
-    """The ResNet34 at each base width under the same settings (uniform L, both merge rules, calibration
-    split): how the saving and the accuracy cost of one setting change with the number of channels."""
+    """The ResNet34 at each base width and training length under the same settings (uniform L, both merge
+    rules, calibration split): how the saving and the accuracy cost of one setting change with the number of
+    channels and with how long the model was trained."""
     red = dict(load("redundancy-*.json"))
     swept = dict(load("sweep-*.json"))
     card = cards()
-    models = [m for m in WIDTHS if m in swept and m in card]
+    models = [m for m in RESNET34S if m in swept and m in card]
     if len(models) < 2:
         return []
 
-    def near(m):
+    def mean_of(m, key):
         layers = list(red[m]["layers"].values()) if m in red else []
-        return f"{100 * sum(v['cos>0.9'] for v in layers) / len(layers):.1f}" if layers else "-"
+        return f"{100 * sum(v[key] for v in layers) / len(layers):.1f}" if layers else "-"
 
     # per (model, merge rule): the sweep's summary rows with uniform L and the other options at their defaults
     others = [a for a in AXES if a != "merge"]
@@ -245,13 +247,14 @@ def width_table() -> list[str]:
     }
 
     lines = [
-        "ResNet34 by base width, the same settings on each (uniform L, calibration split, mean over 3 hyperplane "
-        "seeds; rows from results/sweep-MODEL.json; near-duplicates: channel pairs per tile region with centred "
-        "cosine > 0.9, results/redundancy-MODEL.json):",
+        "ResNet34 by base width and training length, the same settings on each (uniform L, calibration split, "
+        "mean over 3 hyperplane seeds; rows from results/sweep-MODEL.json; near-duplicates: channel pairs per tile "
+        "region with centred cosine > 0.9, all-zero: channels all zero in a tile region; "
+        "results/redundancy-MODEL.json):",
         "",
-        "| model | width | test acc. (%) | near-duplicates (%) | merge | L | saving excl. overhead (%) "
-        "| saving incl. overhead (%) | drop (pts) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | width | epochs | test acc. (%) | near-duplicates (%) | all-zero (%) | merge | L "
+        "| saving excl. overhead (%) | saving incl. overhead (%) | drop (pts) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for merge in ("mean", "scaled"):
         for hyperplanes in (10, 12, 14):
@@ -259,13 +262,17 @@ def width_table() -> list[str]:
                 for r in [s for s in uniform[m, merge] if s["hyperplanes"] == hyperplanes][:1]:
                     c = card[m]
                     lines.append(
-                        f"| {m} | {c['width']} | {pct(c['test_accuracy'])} | {near(m)} | {merge} | {hyperplanes} "
+                        f"| {m} | {c['width']} | {c['recipe']['epochs']} | {pct(c['test_accuracy'])} "
+                        f"| {mean_of(m, 'cos>0.9')} | {mean_of(m, 'zero')} | {merge} | {hyperplanes} "
                         f"| {pct(r['saving_without_overhead_mean'])} | **{pct(r['saving_mean'])}** "
                         f"| {r['drop_points_mean']:.2f} |"
                     )
     for merge in ("mean", "scaled"):
         best = [
-            f"width {card[m]['width']}: {best_within(uniform[m, merge], 1.25)}" for m in models if uniform[m, merge]
+            f"{m} ({card[m]['width']} wide, {card[m]['recipe']['epochs']} epochs): "
+            f"{best_within(uniform[m, merge], 1.25)}"
+            for m in models
+            if uniform[m, merge]
         ]
         lines += [
             "",
@@ -304,7 +311,9 @@ def section() -> str:
         "Fashion-MNIST training images, padded to 32x32. The ResNet34 reference, `fmnist-resnet34`, has half",
         "the paper's width (32); `fmnist-resnet34-w16` is the narrower one measured first and `fmnist-resnet34-w64`",
         "has the paper's width (4x the multiply-adds, so 4 epochs instead of 8: 91 min here), trained to ask whether",
-        "a wider model leaves HASTE more to merge (the width table below).",
+        "a wider model leaves HASTE more to merge; `fmnist-resnet34-w16-e40` is the width-16 one trained 5x longer",
+        "(40 epochs), to ask the same of a longer-trained model (the paper's models were trained to convergence):",
+        "the width and training-length table below.",
         "",
         *models_table(),
         "",
