@@ -20,7 +20,7 @@ import torch
 
 from . import engine
 from .convert import convert
-from .layer_times import layer_times
+from .layer_times import forward_at, layer_inputs, layer_times, seconds
 from .levels import LEVELS, compression
 from .profile import profile
 
@@ -72,12 +72,6 @@ def load_model(name: str) -> tuple[torch.nn.Module, dict, str]:
         return model, card, f"random init (no cached ImageNet weights: {type(exc).__name__})"
 
 
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def bench_model(
     name: str,
     *,
@@ -99,7 +93,7 @@ def bench_model(
         x, source = _real_images(card, batch)
         variants = {"dense": lambda x=x: dense(x)}
         for level in levels:
-            variants[level] = lambda level=level, x=x: _at(model, x, level)
+            variants[level] = lambda level=level, x=x: forward_at(model, x, level)
         times = {k: [] for k in variants}
         order = list(variants)
         with torch.inference_mode():
@@ -109,7 +103,7 @@ def bench_model(
             for r in range(rounds):
                 rotated = order[r % len(order) :] + order[: r % len(order)]
                 for key in rotated:
-                    times[key].append(_time(variants[key]))
+                    times[key].append(seconds(variants[key]))
             savings = {}
             for level in levels:
                 with profile(model) as report, compression(level):
@@ -152,11 +146,6 @@ def _level_hyperplanes(model, level: str):
     return values.pop() if len(values) == 1 else "per-layer"
 
 
-def _at(model, x, level):
-    with compression(level):
-        return model(x)
-
-
 def reference_stages(model, x, level: str) -> dict:
     """Milliseconds per forward in each stage of the reference implementation (haste/functional.py),
     summed over the HASTE layers: the "before" of the fused kernel. Runs the same functions in order
@@ -166,20 +155,9 @@ def reference_stages(model, x, level: str) -> dict:
     from .buckets import bucketize
     from .lsh import hash_codes
     from .merge import merge_filters, merge_inputs
-    from .module import HasteConv2d
     from .tiles import assemble, geometry, regions
 
-    inputs = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, args: inputs.__setitem__(mod, args[0]))
-        for m in model.modules()
-        if isinstance(m, HasteConv2d)
-    ]
-    try:
-        _at(model, x, level)
-    finally:
-        for h in hooks:
-            h.remove()
+    inputs = layer_inputs(model, x, level)
     totals = dict.fromkeys(("region", "hash", "bucket", "merge_inputs", "merge_filters", "conv", "assemble"), 0.0)
     for layer, inp in inputs.items():
         conv, hyperplanes = layer.conv, layer.levels[level]
@@ -226,11 +204,11 @@ def _stages(model, x, levels) -> dict:
         for level in levels:
             if level == "off":
                 continue
-            _at(model, x, level)
+            forward_at(model, x, level)
             kernel.stage_seconds(True)
             n = 5
             for _ in range(n):
-                _at(model, x, level)
+                forward_at(model, x, level)
             out[level] = {
                 "fused_cpu_kernel_ms": {k: v / n * 1e3 for k, v in zip(engine.STAGES, kernel.stage_seconds(True))},
                 "reference_ms": reference_stages(model, x, level),

@@ -32,8 +32,8 @@ def layer_inputs(model: nn.Module, x: torch.Tensor, level: str) -> dict[HasteCon
         if isinstance(m, HasteConv2d)
     ]
     try:
-        with torch.inference_mode(), compression(level):
-            model(x)
+        with torch.inference_mode():
+            forward_at(model, x, level)
     finally:
         for h in hooks:
             h.remove()
@@ -65,7 +65,10 @@ def layer_times(model: nn.Module, x: torch.Tensor, level: str, *, rounds: int = 
 
     # the whole model's "dense" is the converted model at level off (bit-exact, the wrapped convs' own forward)
     layers = [m for m in model.modules() if isinstance(m, HasteConv2d) and m.levels[level] > 0]
-    variants = {("model", "dense"): lambda: _at(model, x, "off"), ("model", level): lambda: _at(model, x, level)}
+    variants = {
+        ("model", "dense"): lambda: forward_at(model, x, "off"),
+        ("model", level): lambda: forward_at(model, x, level),
+    }
     for layer in layers:
         variants[(layer.name, "dense")] = dense_fn(layer)
         variants[(layer.name, level)] = level_fn(layer)
@@ -78,9 +81,9 @@ def layer_times(model: nn.Module, x: torch.Tensor, level: str, *, rounds: int = 
             for layer in layers if r % 2 == 0 else layers[::-1]:  # alternate the order, and dense / HASTE
                 pair = [(layer.name, "dense"), (layer.name, level)]
                 for key in pair if r % 2 == 0 else pair[::-1]:
-                    times[key].append(_time(variants[key]))
+                    times[key].append(seconds(variants[key]))
             for key in [("model", "dense"), ("model", level)][:: 1 if r % 2 == 0 else -1]:
-                times[key].append(_time(variants[key]))
+                times[key].append(seconds(variants[key]))
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     model_dense = med["model", "dense"]
     total_flops = report.dense_flops
@@ -104,12 +107,14 @@ def layer_times(model: nn.Module, x: torch.Tensor, level: str, *, rounds: int = 
     }
 
 
-def _at(model, x, level):
+def forward_at(model: nn.Module, x: torch.Tensor, level: str) -> torch.Tensor:
+    """``model(x)`` at ``level``."""
     with compression(level):
         return model(x)
 
 
-def _time(fn) -> float:
+def seconds(fn) -> float:
+    """Wall-clock seconds of one call of ``fn``."""
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
