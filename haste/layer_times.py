@@ -45,10 +45,9 @@ def layer_times(model: nn.Module, x: torch.Tensor, level: str, *, rounds: int = 
     its HASTE conv at ``level``, their ratio, the FLOPs it saves as a fraction of the model's dense FLOPs,
     and ``margin`` = (dense - HASTE ms) / whole dense model ms - saved fraction / 2 (> 0: the layer helps
     the latency bar). Also the whole model's median ms, dense and at ``level``, from the same rounds."""
-    dense_in, level_in = layer_inputs(model, x, "off"), layer_inputs(model, x, level)
-    with profile(model) as report, compression(level), torch.inference_mode():
-        model(x)
-    per_layer = report.layers
+    dense_in = layer_inputs(model, x, "off")
+    with profile(model) as report:  # one forward at the level: the layers' inputs and their FLOPs
+        level_in = layer_inputs(model, x, level)
 
     def dense_fn(layer):
         conv, inp = layer.conv, dense_in[layer]
@@ -90,7 +89,7 @@ def layer_times(model: nn.Module, x: torch.Tensor, level: str, *, rounds: int = 
     rows = []
     for layer in layers:
         d, h = med[layer.name, "dense"], med[layer.name, level]
-        stats = per_layer[layer.name]
+        stats = report.layers[layer.name]
         saved = (stats.dense_flops - stats.executed_flops - stats.overhead_flops) / total_flops
         rows.append({
             "layer": layer.name, "hyperplanes": layer.levels[level], "channels": layer.conv.in_channels,

@@ -518,8 +518,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
           std::swap(members[0], members[pivot]);
           std::swap(beta[0], beta[pivot]);
           const float ap = beta[0];
-          for (int i = 1; i < size; ++i) beta[i] /= ap;
-          beta[0] = 1.f;
+          for (int i = 1; i < size; ++i) beta[i] /= ap;  // beta[0] (the pivot's) is not read
           for (int64_t ry = 0; ry < nrow; ++ry)
             for (int64_t cx = 0; cx < span; cx += 16) store16(m + ry * wp + cx, load16(m + ry * wp + cx) * ap);
         }  // else a flat bucket (mean region all zero): a plain sum
