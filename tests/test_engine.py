@@ -151,6 +151,15 @@ def test_weight_changes_invalidate_the_cached_layout():
     torch.testing.assert_close(after - conv.bias[None, :, None, None], 2 * (before - conv.bias[None, :, None, None]))
 
 
+def test_kernel_build_is_named_by_what_goes_into_it():
+    """Checkouts and environments sharing TORCH_EXTENSIONS_DIR keep separate builds, not one they rebuild in turn."""
+    name = engine.build_name("", engine._CFLAGS)
+    assert name == engine.build_name("", engine._CFLAGS)  # stable: a second load reuses the build
+    assert name != engine.build_name("", [*engine._CFLAGS, "-DHASTE_PROFILE"])
+    assert engine.build_name("_profile", engine._CFLAGS).startswith("haste_cpu_profile_")
+    assert engine._load().__name__ == name  # the module in use is the build of this checkout
+
+
 TRITON_CHECK = """
 import os
 os.environ["TRITON_INTERPRET"] = "1"

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +34,41 @@ _module = None
 unavailable: str | None = None
 
 
+def _build(variant: str, flags: list[str]):
+    """Compile (cached by torch in TORCH_EXTENSIONS_DIR) and import haste_cpu.cpp built with ``flags``.
+
+    The build is named by a hash of what goes into it (the source's path and text, the flags, this torch and
+    this Python environment): checkouts and virtual environments sharing one cache directory each keep their
+    own build instead of recompiling one another's on every switch.
+    """
+    source = Path(__file__).with_name("haste_cpu.cpp")
+    name = build_name(variant, flags)
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    quiet = _DropCudaHomeNotice()  # said on import by a CUDA build of torch on a machine without CUDA: moot here
+    cpp_log.addFilter(quiet)
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load(name, [str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+    finally:
+        cpp_log.removeFilter(quiet)
+
+
+def build_name(variant: str, flags: list[str]) -> str:
+    """The extension's name (and build directory): ``haste_cpu<variant>_<hash of what goes into the build>``."""
+    source = Path(__file__).with_name("haste_cpu.cpp")
+    key = "\0".join([str(source), source.read_text(), *flags, torch.__version__, sys.prefix])
+    return f"haste_cpu{variant}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+class _DropCudaHomeNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+
 def _load():
-    """Compile (once per machine; cached by torch in TORCH_EXTENSIONS_DIR) and import the CPU kernel."""
+    """The CPU kernel, compiled once per machine, checkout and environment; None (reason in ``unavailable``)
+    when it cannot be built."""
     global _module, unavailable
     if _module is not None or unavailable is not None:
         return _module
@@ -43,15 +78,7 @@ def _load():
                 unavailable = "disabled by HASTE_ENGINE=reference"
                 return None
             try:
-                from torch.utils.cpp_extension import load
-
-                _module = load(
-                    "haste_cpu",
-                    [str(Path(__file__).with_name("haste_cpu.cpp"))],
-                    extra_cflags=_CFLAGS,
-                    extra_ldflags=["-fopenmp"],
-                    verbose=False,
-                )
+                _module = _build("", _CFLAGS)
             except Exception as exc:  # a missing compiler or headers: fall back, say why
                 unavailable = f"{type(exc).__name__}: {exc}"
                 logging.getLogger("haste").warning(
@@ -65,15 +92,7 @@ STAGES = ("region", "hash", "bucket", "merge", "im2col", "filters", "gemm")
 
 def profiling_kernel():
     """The CPU kernel built with per-stage timers (-DHASTE_PROFILE), for ``haste bench --stages``."""
-    from torch.utils.cpp_extension import load
-
-    return load(
-        "haste_cpu_profile",
-        [str(Path(__file__).with_name("haste_cpu.cpp"))],
-        extra_cflags=[*_CFLAGS, "-DHASTE_PROFILE"],
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
+    return _build("_profile", [*_CFLAGS, "-DHASTE_PROFILE"])
 
 
 def _triton_available() -> bool:
