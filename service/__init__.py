@@ -2,7 +2,8 @@
 
 The data path: request body (body.py) -> decode + shared preprocessing (decode.py) -> per-model queue and
 worker (batching.py) -> converted model at the request's level (registry.py) -> reply (routes.py) and
-metrics (metrics.py). ``create_app`` (app.py) wires them; ``haste serve`` (cli.py) runs it.
+metrics (metrics.py); the API's documentation in docs.py. ``create_app`` (app.py) wires them; ``haste
+serve`` (cli.py) checks the settings and runs it.
 """
 
 from .app import create_app

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 import haste
 
-from . import errors, registry
+from . import docs, errors, registry
 from .batching import Batcher
 from .metrics import Metrics
 from .middleware import RequestIdMiddleware
@@ -34,7 +34,9 @@ DESCRIPTION = """\
 Image classification with HASTE-compressed CNNs: every request picks its own accuracy/compute level
 (`off`, `low`, `medium`, `high`) and gets back its predictions, the level applied, the multiply-adds it
 cost and saved, and where the time went. Errors share one JSON shape
-`{"error": ..., "code": ..., "request_id": ...}`; every reply carries `X-Request-ID`.
+`{"error": ..., "code": ..., "request_id": ...}` (statuses and codes below; unknown paths are 404
+`not_found`, other methods 405 `method_not_allowed`); every reply carries `X-Request-ID`. Every GET
+route also answers HEAD.
 
     curl -F file=@shoe.png 'http://127.0.0.1:8000/v1/classify?level=high&top_k=3'
 """
@@ -65,7 +67,7 @@ async def _start(state: ServiceState) -> None:
                 metric.labels(name, level)
     state.decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="haste-decode")
     for name, served in state.models.items():
-        state.batchers[name] = Batcher(served, settings, state.metrics)
+        state.batchers[name] = Batcher(served, settings, state.metrics, state.warm_lock)
         state.batchers[name].start()
     state.loading = False
 
@@ -96,8 +98,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=haste.__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # docs.install serves /docs and /redoc with local assets
+        redoc_url=None,
     )
     app.state.service = state
+    docs.install(app, settings)
     errors.install(app)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(classify_router)

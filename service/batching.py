@@ -76,12 +76,17 @@ class Job:
 
 class Batcher:
     """Queue + worker thread of one model. ``submit`` is called on the event loop; the worker warms the
-    model at every level first, then serves."""
+    model at every level first (one model at a time, under ``warm_lock``), then serves."""
 
-    def __init__(self, served: ServedModel, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, served: ServedModel, settings: Settings, metrics: Metrics, warm_lock: threading.Lock | None = None
+    ) -> None:
         self.served = served
         self.settings = settings
         self.metrics = metrics
+        #: Held while this model warms up and times its levels: shared by the batchers of one app, so that
+        #: models warm one at a time and one model's latency table is not measured beside another's warm-up.
+        self._warm_lock = warm_lock if warm_lock is not None else threading.Lock()
         self._cond = threading.Condition()
         self._queues: dict[str, deque[Job]] = {level: deque() for level in haste.LEVELS}
         self._incoming: dict[str, int] = dict.fromkeys(haste.LEVELS, 0)
@@ -146,7 +151,8 @@ class Batcher:
     def _run(self) -> None:
         torch.set_num_threads(self.settings.torch_threads)
         try:
-            warm_up(self.served, self.settings, stop=lambda: self._stopping)
+            with self._warm_lock:
+                warm_up(self.served, self.settings, stop=lambda: self._stopping)
         except Exception as exc:  # a model that cannot run is reported by /readyz, not served
             log.exception("warm-up of %s failed", self.served.name)
             self.failed = f"warm-up of {self.served.name} failed: {type(exc).__name__}: {exc}"

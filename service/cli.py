@@ -1,4 +1,8 @@
-"""``haste serve``: run the inference service with uvicorn (one process; scale out with replicas)."""
+"""``haste serve``: run the inference service with uvicorn (one process; scale out with replicas).
+
+Settings are checked before the server starts: a bad ``HASTE_*`` value, an unknown or missing model, or
+``HASTE_DEVICE=cuda`` without CUDA is one line on stderr naming the variable and what is accepted, and exit
+status 2 (``haste``'s error convention), without a traceback."""
 
 from __future__ import annotations
 
@@ -19,14 +23,36 @@ def add_command(sub) -> None:
     p.set_defaults(func=_run)
 
 
+def settings_error(exc) -> str:
+    """A pydantic ValidationError of Settings as one line: ``HASTE_<FIELD>: <problem> (got <value>)``."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
+        message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if loc:
+            got = "" if "got " in message else f" (got {err.get('input')!r})"
+            parts.append(f"HASTE_{loc[0].upper()}: {message}{got}")
+        else:  # a check across fields (models / default_model): the message names them
+            parts.append(message)
+    return "; ".join(parts)
+
+
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
+    from . import registry
     from .app import create_app
     from .settings import Settings
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ValueError(settings_error(exc)) from None
+    registry.resolve_device(settings.device)
+    for name in settings.models:
+        registry.check(name, settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One worker process: the metrics registry and the batching queues live in this process.
     uvicorn.run(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -78,8 +79,8 @@ def decode(data: bytes, limits: Limits = Limits()) -> Image.Image:
         warnings.simplefilter("ignore")  # DecompressionBombWarning: our own cap is checked below
         try:
             image = Image.open(io.BytesIO(data), formats=[fmt])
-        except Image.DecompressionBombError as exc:
-            raise ServiceError("payload_too_large", f"image too large: {exc}") from None
+        except Image.DecompressionBombError:  # over Pillow's own ceiling: say it with our cap
+            _refuse_bomb(data, fmt, limits)
         except Exception as exc:  # Pillow raises many types on corrupt headers
             raise ServiceError("invalid_image", f"cannot read the {fmt} header: {_reason(exc)}") from None
         width, height = image.size
@@ -87,11 +88,32 @@ def decode(data: bytes, limits: Limits = Limits()) -> Image.Image:
         try:
             image.load()
             image = ImageOps.exif_transpose(image)
-        except Image.DecompressionBombError as exc:
-            raise ServiceError("payload_too_large", f"image too large: {exc}") from None
+        except Image.DecompressionBombError:
+            raise ServiceError(
+                "payload_too_large", f"image too large; at most {limits.max_pixels} pixels are accepted"
+            ) from None
         except Exception as exc:  # truncated, corrupt data or metadata
             raise ServiceError("invalid_image", f"cannot decode the {fmt} image: {_reason(exc)}") from None
     return image
+
+
+def _refuse_bomb(data: bytes, fmt: str, limits: Limits) -> NoReturn:
+    """413 for an image Pillow refused to open as a decompression bomb (over twice
+    ``Image.MAX_IMAGE_PIXELS``), stating the configured cap: the dimensions are read from the header
+    again by the format's plugin alone, which does not apply Pillow's check (nothing is decoded)."""
+    try:
+        factory, _ = Image.OPEN[fmt]
+        width, height = factory(io.BytesIO(data)).size
+    except Exception:  # cannot happen for a header Image.open just parsed; stay a 413 anyway
+        raise ServiceError(
+            "payload_too_large", f"image too large; at most {limits.max_pixels} pixels are accepted"
+        ) from None
+    _check_size(width, height, limits)
+    raise ServiceError(  # only when HASTE_MAX_PIXELS is set above Pillow's ceiling
+        "payload_too_large",
+        f"image is {width}x{height} = {width * height} pixels; the decoder accepts at most "
+        f"{2 * Image.MAX_IMAGE_PIXELS} pixels whatever the configured cap",
+    )
 
 
 def _check_size(width: int, height: int, limits: Limits) -> None:

@@ -2,7 +2,9 @@
 
 Codes (HTTP status): invalid_image, invalid_level, invalid_top_k, invalid_request (400); unknown_model,
 not_found (404); method_not_allowed (405); payload_too_large (413); unsupported_media_type (415);
-queue_full, not_ready (503, with Retry-After); timeout (504); internal_error (500, message masked).
+queue_full, not_ready (503, with Retry-After); timeout (504: the request deadline passed while the body
+was received, or before it ran); internal_error (500, message masked). FastAPI's 422 is never used: query
+validation errors are 400 with the code of the parameter.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import haste
 
 #: HTTP status of each machine code.
 STATUS = {
@@ -65,7 +69,7 @@ def _validation_code(exc: RequestValidationError) -> tuple[str, str]:
                 f"top_k must be a positive integer (at most the model's label count); got {err.get('input')!r}",
             )
         if loc[-1:] == ("level",):
-            return "invalid_level", f"level must be one of off, low, medium, high; got {err.get('input')!r}"
+            return "invalid_level", f"level must be one of {', '.join(haste.LEVELS)}; got {err.get('input')!r}"
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()))
     return "invalid_request", f"{where}: {first.get('msg', 'invalid request')}"

@@ -23,7 +23,14 @@ def new_request_id() -> str:
 
 class RequestIdMiddleware:
     """Puts the request id in ``scope["state"]["request_id"]`` and the ``X-Request-ID`` response header;
-    turns an exception escaping the app into a masked 500 (if the response has not started)."""
+    turns an exception escaping the app into a masked 500 (if the response has not started).
+
+    A client's ``X-Request-ID`` is echoed (leading and trailing blanks stripped) only if it is 1 to 128
+    characters of ``A-Z a-z 0-9 . _ : -``; any other value (longer, spaces, other characters, not ASCII)
+    is replaced by a new id (32 hex digits) so that ids are safe to log and to put in headers. The
+    replacement is silent for the client (the reply carries the new id, in ``X-Request-ID`` and in the
+    body) and logged at debug level (logger ``service``) with the length of the value that was refused.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -37,7 +44,16 @@ class RequestIdMiddleware:
             if key == b"x-request-id":
                 supplied = value.decode("latin-1").strip()
                 break
-        request_id = supplied if _VALID_ID.match(supplied) else new_request_id()
+        if _VALID_ID.match(supplied):
+            request_id = supplied
+        else:
+            request_id = new_request_id()
+            if supplied:
+                log.debug(
+                    "X-Request-ID of %d characters is not 1-128 of [A-Za-z0-9._:-]; replaced by %s",
+                    len(supplied),
+                    request_id,
+                )
         scope.setdefault("state", {})["request_id"] = request_id
         started = False
 

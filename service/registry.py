@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,9 +26,12 @@ SPEC_KEYS = ("mode", "resize", "crop", "pad", "mean", "std")
 
 
 def resolve_device(setting: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ValueError."""
     if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("HASTE_DEVICE=cuda but no CUDA device is available")
+        raise ValueError(
+            "HASTE_DEVICE=cuda but CUDA is not available here (torch.cuda.is_available() is false); "
+            "accepted on this machine: auto or cpu"
+        )
     if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda")
@@ -43,6 +48,19 @@ def _zoo_load(name: str, settings: Settings) -> nn.Module:
     return haste.zoo.load(name, **kwargs)
 
 
+def check(name: str, settings: Settings) -> None:
+    """Raise ValueError or FileNotFoundError, naming HASTE_MODELS and what is accepted, if ``name`` cannot
+    be loaded: an unknown name, or a card or weights file that is missing (nothing is loaded)."""
+    root = settings.weights_dir
+    try:
+        card = haste.zoo.card(name, root) if root is not None else haste.zoo.card(name)
+    except (ValueError, FileNotFoundError) as exc:
+        raise type(exc)(f"HASTE_MODELS: {exc}") from None
+    weights = Path(card["cache_path"]) if card.get("cache_path") else haste.zoo.paths(name, root)[0]
+    if not weights.is_file():
+        raise FileNotFoundError(f"HASTE_MODELS: no weights for {name} at {weights} (nothing is downloaded)")
+
+
 @dataclass
 class ServedModel:
     """One loaded, converted model and what the API says about it."""
@@ -55,7 +73,7 @@ class ServedModel:
     device: torch.device
     #: level -> hyperplanes (an int, or {"min", "max"} for a per-layer schedule).
     hyperplanes: dict[str, object] = field(default_factory=dict)
-    #: level -> batch-1 forward latency measured at warm-up, in ms.
+    #: level -> median batch-1 forward latency measured after warm-up (see warm_up), in ms.
     latency_ms: dict[str, float] = field(default_factory=dict)
     #: level -> mean fraction of dense multiply-adds saved over the images served so far.
     served: dict[str, list[float]] = field(default_factory=dict)
@@ -178,13 +196,19 @@ def load(name: str, settings: Settings, device: torch.device) -> ServedModel:
     )
 
 
+#: Timed batch-1 forwards per level after warm-up; the table reports their median.
+LATENCY_RUNS = 5
+
+
 def warm_up(served: ServedModel, settings: Settings, stop: Callable[[], bool] = lambda: False) -> None:
     """Run every level at batch sizes 1 and max_batch_size (``warmup_rounds`` times each, and for at least
-    ``warmup_min_s`` seconds per level) on a fixed random input, then time one batch-1 forward per level
+    ``warmup_min_s`` seconds per level) on a fixed random input, then time LATENCY_RUNS batch-1 forwards
+    per level, levels interleaved (off, low, medium, high, off, ...), and keep each level's median
     (``served.latency_ms``). Returns early if ``stop()`` turns true."""
     gen = torch.Generator().manual_seed(0)
     sizes = sorted({1, settings.max_batch_size})
     inputs = {n: torch.randn((n, *served.input_shape), generator=gen).to(served.device) for n in sizes}
+    times: dict[str, list[float]] = {level: [] for level in haste.LEVELS}
     with torch.inference_mode():
         for level in haste.LEVELS:
             start, rounds = time.perf_counter(), 0
@@ -195,11 +219,22 @@ def warm_up(served: ServedModel, settings: Settings, stop: Callable[[], bool] = 
                             return
                         served.model(inputs[n])
                     rounds += 1
-        for level in haste.LEVELS:
-            with haste.compression(level):
-                start = time.perf_counter()
-                served.model(inputs[1])
-                if served.device.type == "cuda":
-                    torch.cuda.synchronize(served.device)
-                served.latency_ms[level] = round((time.perf_counter() - start) * 1000, 3)
-            log.info("warmed %s at level %s: %.1f ms per image (batch 1)", served.name, level, served.latency_ms[level])
+        for _ in range(LATENCY_RUNS):
+            for level in haste.LEVELS:
+                if stop():
+                    return
+                with haste.compression(level):
+                    start = time.perf_counter()
+                    served.model(inputs[1])
+                    if served.device.type == "cuda":
+                        torch.cuda.synchronize(served.device)
+                    times[level].append(time.perf_counter() - start)
+    for level, seconds in times.items():
+        served.latency_ms[level] = round(statistics.median(seconds) * 1000, 3)
+        log.info(
+            "warmed %s at level %s: %.1f ms per image (batch 1, median of %d)",
+            served.name,
+            level,
+            served.latency_ms[level],
+            LATENCY_RUNS,
+        )

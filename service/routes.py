@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
@@ -57,13 +58,83 @@ class MeteredRoute(APIRoute):
         return metered
 
 
-ERRORS = {
-    400: {"model": ErrorResponse, "description": "invalid_image, invalid_level, invalid_top_k, invalid_request"},
-    404: {"model": ErrorResponse, "description": "unknown_model"},
-    413: {"model": ErrorResponse, "description": "payload_too_large (bytes or pixels)"},
-    415: {"model": ErrorResponse, "description": "unsupported_media_type"},
-    503: {"model": ErrorResponse, "description": "queue_full or not_ready (with Retry-After)"},
-    504: {"model": ErrorResponse, "description": "timeout: the request deadline passed before it ran"},
+_REQUEST_ID = {"X-Request-ID": {"description": "The request id (echoed or created).", "schema": {"type": "string"}}}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+_CLOSE = {
+    "Connection": {"description": "`close` when the upload was cut at the deadline.", "schema": {"type": "string"}}
+}
+_RID = "4f1c2a9e0b6d4c0f8e7a1b2c3d4e5f60"
+
+
+def _error(description: str, examples: dict[str, str], headers: dict | None = None) -> dict:
+    """One documented error status: the common shape and its headers; ``examples`` maps an example name
+    (the code, first word) to a real message of that code."""
+    return {
+        "model": ErrorResponse,
+        "description": description,
+        "headers": {**_REQUEST_ID, **(headers or {})},
+        "content": {
+            "application/json": {
+                "examples": {
+                    code: {"value": {"error": message, "code": code.split(" ")[0], "request_id": _RID}}
+                    for code, message in examples.items()
+                }
+            }
+        },
+    }
+
+
+#: The error statuses of /v1/classify, with a real message of each code.
+CLASSIFY_ERRORS = {
+    400: _error(
+        "invalid_image (empty, undecodable, truncated, too small, extreme aspect ratio), invalid_level, "
+        "invalid_top_k, invalid_request (malformed multipart, no field `file`; an empty, repeated or unknown "
+        "query parameter)",
+        {
+            "invalid_image": "not a JPEG, PNG or WebP image (unrecognised leading bytes)",
+            "invalid_level": "level must be one of off, low, medium, high; got 'max'",
+            "invalid_top_k": "top_k must be from 1 to 10 for fmnist-resnet34; got 11",
+            "invalid_request": "unknown query parameter 'levle'; accepted: level, top_k, model",
+        },
+    ),
+    404: _error("unknown_model", {"unknown_model": "unknown model 'resnet9000'; served: fmnist-resnet34"}),
+    413: _error(
+        "payload_too_large: body over the byte cap (Content-Length or counted), or image over the pixel cap "
+        "(from its header, before decoding)",
+        {
+            "payload_too_large": "image is 8000x8000 = 64000000 pixels; at most 25000000 pixels are accepted",
+            "payload_too_large (bytes)": "body is 20971520 bytes; the limit is 10485760 bytes",
+        },
+    ),
+    415: _error(
+        "unsupported_media_type: a Content-Type other than an image or multipart/form-data; GIF, BMP, TIFF... bytes",
+        {"unsupported_media_type": "GIF images are not supported; send JPEG, PNG or WebP"},
+    ),
+    500: _error(
+        "internal_error: unexpected; the message is masked, the request id is logged",
+        {"internal_error": "internal error; quote the request_id when reporting it"},
+    ),
+    503: _error(
+        "queue_full (queue or in-flight limit reached) or not_ready (warming up, shutting down), with Retry-After",
+        {
+            "queue_full": "fmnist-resnet34 has 64 requests waiting (queue size 64); retry later",
+            "not_ready": "not ready: fmnist-resnet34 warming",
+        },
+        _RETRY_AFTER,
+    ),
+    504: _error(
+        "timeout: the request deadline passed while the body was being received (the connection is then "
+        "closed), or before the request could run (it is dropped, never executed)",
+        {
+            "timeout": "request deadline of 10000 ms passed",
+            "timeout (upload)": "request deadline passed while the body was being received (10 bytes in)",
+        },
+        _CLOSE,
+    ),
+}
+MODEL_ERRORS = {404: CLASSIFY_ERRORS[404]}
+READY_ERRORS = {
+    503: _error("not_ready, with Retry-After", {"not_ready": "not ready: fmnist-resnet34 warming"}, _RETRY_AFTER)
 }
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -91,10 +162,44 @@ classify_router = APIRouter(route_class=MeteredRoute, tags=["classify"])
 router = APIRouter()
 
 
+#: The classify query parameters and what each accepts (for error messages).
+QUERY = {
+    "level": ("invalid_level", f"one of {', '.join(haste.LEVELS)}"),
+    "top_k": ("invalid_top_k", "a positive integer, at most the model's label count"),
+    "model": ("invalid_request", "one of the served models"),
+}
+
+
+def strict_query(request: Request) -> None:
+    """400 for a classify query FastAPI would otherwise half-accept: an unknown parameter name (a typo
+    such as ``levle`` would silently get the default), a parameter given twice (FastAPI keeps the last),
+    or an empty value (``level=`` would get the default)."""
+    items = request.query_params.multi_items()
+    unknown = sorted({key for key, _ in items} - set(QUERY))
+    if unknown:
+        raise ServiceError(
+            "invalid_request",
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(QUERY)}",
+        )
+    counts = Counter(key for key, _ in items)
+    served = ", ".join(service(request).models) or ", ".join(service(request).settings.models)
+    for key, value in items:
+        code, accepted = QUERY[key]
+        if key == "model":
+            accepted = f"one of {served}"
+        if counts[key] > 1:
+            raise ServiceError(code, f"{key} is given {counts[key]} times; give it once, {accepted}")
+        if not value.strip():
+            raise ServiceError(code, f"{key} is empty; leave it out for the default or give {accepted}")
+
+
 async def classify(
     request: Request,
+    # level is an enum in the OpenAPI document (docs.finish) but checked in the body, after the model, so
+    # that haste_requests_total counts a request with an invalid level under its model.
     level: str | None = Query(
-        None, description="off, low, medium or high (default: the configured level).", examples=["high"]
+        None, description="The compression level (default: the configured level).", examples=["high"]
     ),
     top_k: int = Query(5, ge=1, description="Number of classes returned, 1 to the model's label count.", examples=[3]),
     model: str | None = Query(
@@ -121,7 +226,7 @@ async def classify(
     batcher = state.batchers[name]
     with state.admit(name):
         with batcher.arriving(level):
-            data = await read_image(request, settings.max_bytes)
+            data = await read_image(request, settings.max_bytes, deadline)
             t0 = time.perf_counter()
             loop = asyncio.get_running_loop()
             inputs = await loop.run_in_executor(state.decoder, to_input, data, served.spec, state.limits)
@@ -169,13 +274,26 @@ for _path in ("/v1/classify", "/classify"):
         classify,
         methods=["POST"],
         response_model=ClassifyResponse,
-        responses=ERRORS,
+        responses={200: {"headers": _REQUEST_ID}, **CLASSIFY_ERRORS},
+        dependencies=[Depends(strict_query)],
         openapi_extra=CLASSIFY_BODY,
         summary="Classify an image" + (" (alias of /v1/classify)" if _path == "/classify" else ""),
     )
 
 
-@router.get("/v1/models", response_model=ModelList, tags=["models"])
+def get(path: str, **kwargs: Any) -> Callable:
+    """Register a GET route that also answers HEAD (same status and headers, no body: load balancers
+    probe with HEAD); the HEAD twin is left out of the OpenAPI document."""
+
+    def register(endpoint: Callable) -> Callable:
+        router.add_api_route(path, endpoint, methods=["GET"], **kwargs)
+        router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False, **kwargs)
+        return endpoint
+
+    return register
+
+
+@get("/v1/models", response_model=ModelList, tags=["models"])
 async def list_models(request: Request) -> dict:
     """The served models, the default model and level, and the level names."""
     state = service(request)
@@ -187,25 +305,24 @@ async def list_models(request: Request) -> dict:
     }
 
 
-@router.get(
-    "/v1/models/{name:path}", response_model=ModelDetail, responses={404: {"model": ErrorResponse}}, tags=["models"]
-)
+@get("/v1/models/{name:path}", response_model=ModelDetail, responses=MODEL_ERRORS, tags=["models"])
 async def get_model(request: Request, name: str) -> dict:
     """Architecture, version, input spec and preprocessing, labels, device, and the per-level table
-    (hyperplanes, calibrated accuracy drop and FLOPs saving, warm-up latency, saving on served images)."""
+    (hyperplanes, calibrated accuracy drop and FLOPs saving, latency measured after warm-up, saving on
+    served images)."""
     state = service(request)
     if name not in state.models:
         raise ServiceError("unknown_model", f"unknown model {name!r}; served: {', '.join(state.models)}")
     return state.models[name].describe()
 
 
-@router.get("/livez", response_model=Status, response_model_exclude_none=True, tags=["health"])
+@get("/livez", response_model=Status, response_model_exclude_none=True, tags=["health"])
 async def livez() -> dict:
     """The process is alive and serving HTTP (independent of the models)."""
     return {"status": "alive"}
 
 
-@router.get("/readyz", response_model=Status, responses={503: {"model": ErrorResponse}}, tags=["health"])
+@get("/readyz", response_model=Status, responses=READY_ERRORS, tags=["health"])
 async def readyz(request: Request) -> dict:
     """200 once every model is loaded and warmed at every level; 503 not_ready before."""
     state = service(request)
@@ -213,7 +330,7 @@ async def readyz(request: Request) -> dict:
     return {"status": "ready", "models": state.model_states()}
 
 
-@router.get("/metrics", tags=["health"], response_class=Response)
+@get("/metrics", tags=["health"], response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     body, content_type = service(request).metrics.render()

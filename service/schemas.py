@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+import haste
+
+#: A level name: off, low, medium or high (haste.LEVELS); an enum in the OpenAPI schema.
+Level = Literal[tuple(haste.LEVELS)]
 
 
 class Prediction(BaseModel):
@@ -31,36 +38,37 @@ class Timing(BaseModel):
     total: float = Field(description="From the request's arrival to the reply.")
 
 
+#: The example reply of /docs: a real reply of the shipped default model (fmnist-resnet34, default
+#: settings, CPU) to tests/fixtures/fmnist-0000-ankle-boot.png at level high with top_k=3. The scores and
+#: FLOPs are checked against the model by tests/service/test_service_docs.py; re-record it when the model
+#: or its levels change.
+CLASSIFY_EXAMPLE = {
+    "request_id": "4f1c2a9e0b6d4c0f8e7a1b2c3d4e5f60",
+    "model": "fmnist-resnet34",
+    "model_version": "1",
+    "level": "high",
+    "predictions": [
+        {"index": 9, "label": "Ankle boot", "score": 0.95063},
+        {"index": 7, "label": "Sneaker", "score": 0.03729},
+        {"index": 5, "label": "Sandal", "score": 0.00699},
+    ],
+    "compute": {
+        "flops_dense": 289704448.0,
+        "flops_executed": 232266074.0,
+        "flops_saved": 57438374.0,
+        "saved_ratio": 0.19826541979776577,
+    },
+    "timing_ms": {"queue": 0.171, "decode": 1.907, "inference": 12.598, "total": 16.038},
+}
+
+
 class ClassifyResponse(BaseModel):
-    model_config = ConfigDict(
-        protected_namespaces=(),
-        json_schema_extra={
-            "examples": [
-                {
-                    "request_id": "4f1c2a9e0b6d4c0f8e7a1b2c3d4e5f60",
-                    "model": "fmnist-resnet34",
-                    "model_version": "1",
-                    "level": "high",
-                    "predictions": [
-                        {"index": 9, "label": "Ankle boot", "score": 0.982},
-                        {"index": 7, "label": "Sneaker", "score": 0.011},
-                    ],
-                    "compute": {
-                        "flops_dense": 74_000_000.0,
-                        "flops_executed": 43_500_000.0,
-                        "flops_saved": 30_500_000.0,
-                        "saved_ratio": 0.412,
-                    },
-                    "timing_ms": {"queue": 3.1, "decode": 0.4, "inference": 21.7, "total": 26.0},
-                }
-            ]
-        },
-    )
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [CLASSIFY_EXAMPLE]})
 
     request_id: str
     model: str
     model_version: str
-    level: str = Field(description="The level applied: off, low, medium or high.")
+    level: Level = Field(description="The level applied.")
     predictions: list[Prediction] = Field(description="top_k classes, best first.")
     compute: Compute
     timing_ms: Timing
@@ -85,14 +93,18 @@ class ErrorResponse(BaseModel):
 
 
 class LevelRow(BaseModel):
-    level: str
+    level: Level
     hyperplanes: int | dict[str, int] = Field(description="LSH hyperplanes L (min/max for a per-layer schedule).")
     test_accuracy: float | None = Field(None, description="Top-1 on the test split at this level (haste calibrate).")
     accuracy_drop_points: float | None = Field(None, description="Top-1 drop vs dense, percentage points (calibrated).")
     flops_saving: float | None = Field(
         None, description="Fraction of multiply-adds saved, overhead included (calibrated)."
     )
-    latency_ms: float | None = Field(None, description="Batch-1 forward latency measured at warm-up.")
+    latency_ms: float | None = Field(
+        None,
+        description="Batch-1 forward latency, ms: the median of 5 forwards per level timed after the model's "
+        "warm-up, levels interleaved (while no other model warms up).",
+    )
     served_images: int = Field(0, description="Images classified at this level since start-up.")
     served_saving: float | None = Field(None, description="Mean fraction saved over those images.")
 
@@ -110,8 +122,8 @@ class ModelSummary(BaseModel):
 
 class ModelList(BaseModel):
     default_model: str
-    default_level: str
-    levels: list[str]
+    default_level: Level
+    levels: list[Level]
     models: list[ModelSummary]
 
 

@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import haste
 
+#: uvicorn's log levels.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
 
 def _default_threads() -> int:
     """Intra-op threads for inference when not configured: half the cores, 1 to 4."""
@@ -54,11 +57,20 @@ class Settings(BaseSettings):
         default=128, ge=1, description="Classify requests handled at once (reading, decoding, queued, running)."
     )
     request_deadline_ms: float = Field(
-        default=10_000, gt=0, description="Per-request deadline; requests past it are dropped before execution (504)."
+        default=10_000,
+        gt=0,
+        description="Per-request deadline, counted from admission: it bounds receiving the body (a stalled or "
+        "trickling upload is answered 504 at the deadline and its connection closed), decoding, and waiting in "
+        "the queue (requests past it are dropped before execution, 504).",
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After header value (seconds) on 503 answers.")
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest accepted image body, in bytes.")
-    max_pixels: int = Field(default=25_000_000, ge=1, description="Largest accepted image, in pixels (width x height).")
+    max_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Largest accepted image, in pixels (width x height), checked from the header before decoding "
+        "(413). Pillow refuses more than 178,956,970 pixels whatever this says.",
+    )
     min_side: int = Field(default=8, ge=1, description="Smallest accepted image side, in pixels.")
     max_aspect_ratio: float = Field(default=32.0, ge=1, description="Largest accepted long side / short side ratio.")
     decode_threads: int = Field(default=2, ge=1, description="Threads decoding and preprocessing images.")
@@ -71,7 +83,10 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address `haste serve` binds (0.0.0.0 in containers).")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `haste serve` listens on.")
-    log_level: str = Field(default="info", description="uvicorn log level.")
+    log_level: str = Field(
+        default="info",
+        description="Log level of uvicorn and the service: critical, error, warning, info, debug, trace.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -92,16 +107,25 @@ class Settings(BaseSettings):
             raise ValueError(f"level must be one of {', '.join(haste.LEVELS)}; got {value!r}")
         return value
 
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}; got {value!r}")
+        return value.lower()
+
     @model_validator(mode="after")
     def _check_models(self) -> Settings:
         if not self.models:
-            raise ValueError("models must name at least one model")
+            raise ValueError("HASTE_MODELS must name at least one model")
         if len(set(self.models)) != len(self.models):
-            raise ValueError(f"models must not repeat a name; got {self.models}")
+            raise ValueError(f"HASTE_MODELS must not repeat a name; got {self.models}")
         if self.default_model is None:
             self.default_model = self.models[0]
         elif self.default_model not in self.models:
-            raise ValueError(f"default_model {self.default_model!r} is not one of models {self.models}")
+            raise ValueError(
+                f"HASTE_DEFAULT_MODEL {self.default_model!r} is not one of models {self.models} (HASTE_MODELS)"
+            )
         return self
 
     @property

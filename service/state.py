@@ -4,6 +4,7 @@ the admission count. Lives on ``app.state.service``; nothing is module-global.""
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ class ServiceState:
     models: dict[str, ServedModel] = field(default_factory=dict)
     batchers: dict[str, Batcher] = field(default_factory=dict)
     decoder: ThreadPoolExecutor | None = None
+    #: Serialises the models' warm-ups (see Batcher).
+    warm_lock: threading.Lock = field(default_factory=threading.Lock)
     inflight: int = 0
     loading: bool = True
     shutting_down: bool = False

@@ -160,6 +160,46 @@ def sample(values: dict, name: str, **labels: str) -> float:
     return values.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def start_upload(
+    server: Server, path: str, length: int, first: bytes, content_type: str = "image/png"
+) -> socket.socket:
+    """A raw connection that sends a POST's headers announcing ``length`` body bytes, then ``first`` of
+    them, and leaves the rest to the caller (or never sends it: a stalled upload)."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + first)
+    return sock
+
+
+def read_response(sock: socket.socket, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-cased headers, body) of the one response on ``sock``, read until the server closes
+    the connection or the body announced by Content-Length is in; TimeoutError if none comes in time."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            break
+        data += chunk
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            if len(body) >= int(headers.get("content-length", 1 << 62)):
+                break
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head:
+        raise ConnectionError("the connection closed without a response")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
 def assert_error(response: httpx.Response, status: int, code: str) -> dict:
     """The response is the common JSON error with this status and code, and carries its request id."""
     assert response.status_code == status, response.text

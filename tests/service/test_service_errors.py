@@ -33,6 +33,16 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(1024)))
 
 
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A real small JPEG whose frame header (SOF) is patched to claim width x height pixels."""
+    data = bytearray((FIXTURES / "fmnist-0000-ankle-boot.jpg").read_bytes())
+    i = 2
+    while data[i + 1] not in (0xC0, 0xC1, 0xC2):  # walk the marker segments to the SOF
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    data[i + 5 : i + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
 def encoded(fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(buf, format=fmt)
@@ -84,12 +94,21 @@ CASES = {
     ),
     "multipart file over the byte cap": (lambda c: multipart(c, bytes(MAX_BYTES + 1)), 413, "payload_too_large"),
     "multipart without a file field": (lambda c: multipart(c, PNG, field="image"), 400, "invalid_request"),
+    "huge dimensions in a JPEG header": (lambda c: raw(c, jpeg_claiming(60_000, 60_000)), 413, "payload_too_large"),
     "unknown model": (lambda c: raw(c, PNG, model="resnet9000"), 404, "unknown_model"),
     "unknown level": (lambda c: raw(c, PNG, level="extreme"), 400, "invalid_level"),
     "level by number": (lambda c: raw(c, PNG, level="7"), 400, "invalid_level"),
     "top_k zero": (lambda c: raw(c, PNG, top_k=0), 400, "invalid_top_k"),
     "top_k above the label count": (lambda c: raw(c, PNG, top_k=11), 400, "invalid_top_k"),
     "top_k not a number": (lambda c: raw(c, PNG, top_k="five"), 400, "invalid_top_k"),
+    "empty level": (lambda c: raw(c, PNG, level=""), 400, "invalid_level"),
+    "empty top_k": (lambda c: raw(c, PNG, top_k=""), 400, "invalid_top_k"),
+    "empty model": (lambda c: raw(c, PNG, model=""), 400, "invalid_request"),
+    "level twice": (lambda c: raw(c, PNG, level=["high", "low"]), 400, "invalid_level"),
+    "top_k twice": (lambda c: raw(c, PNG, top_k=["3", "3"]), 400, "invalid_top_k"),
+    "model twice": (lambda c: raw(c, PNG, model=[MODEL, MODEL]), 400, "invalid_request"),
+    "unknown query parameter": (lambda c: raw(c, PNG, levle="high"), 400, "invalid_request"),
+    "non-ASCII content type": (lambda c: raw(c, PNG, "image/png\u00a9".encode()), 415, "unsupported_media_type"),
 }
 
 
@@ -99,6 +118,43 @@ def test_bad_input_gets_its_status_and_json_error(client, case):
     body = assert_error(make(client), status, code)
     if code == "invalid_level":
         assert "off, low, medium, high" in body["error"]
+
+
+@pytest.mark.parametrize(
+    "data, size",
+    [(png_header_only(100_000, 100_000), "100000x100000"), (jpeg_claiming(60_000, 60_000), "60000x60000")],
+    ids=["png", "jpeg"],
+)
+def test_images_over_the_decoders_own_limit_are_refused_with_the_configured_cap(client, data, size):
+    """Headers claiming more pixels than even Pillow opens get the same message as any image over
+    HASTE_MAX_PIXELS (25,000,000 by default), not Pillow's limit."""
+    body = assert_error(raw(client, data), 413, "payload_too_large")
+    assert size in body["error"] and "at most 25000000 pixels" in body["error"], body
+    assert "178956970" not in body["error"]
+
+
+@pytest.mark.parametrize(
+    "params, code, words",
+    [
+        ("level=", "invalid_level", ["level is empty", "off, low, medium, high"]),
+        ("model=", "invalid_request", ["model is empty", MODEL]),
+        ("level=high&level=low", "invalid_level", ["level is given 2 times", "off, low, medium, high"]),
+        ("top_k=3&top_k=4", "invalid_top_k", ["top_k is given 2 times", "positive integer"]),
+        ("levle=high", "invalid_request", ["'levle'", "accepted: level, top_k, model"]),
+        ("levle=high&topk=3", "invalid_request", ["'levle', 'topk'", "accepted: level, top_k, model"]),
+    ],
+)
+def test_query_errors_say_what_is_accepted(client, params, code, words):
+    response = client.post(f"/v1/classify?{params}", content=PNG, headers={"Content-Type": "image/png"})
+    body = assert_error(response, 400, code)
+    for word in words:
+        assert word in body["error"], (word, body)
+
+
+def test_a_non_ascii_content_type_is_echoed_safely(client):
+    body = assert_error(raw(client, PNG, "image/png\u00a9".encode()), 415, "unsupported_media_type")
+    assert "not ASCII" in body["error"] and r"b'image/png\xc2\xa9'" in body["error"], body
+    assert "\u00c2" not in body["error"]  # no mojibake
 
 
 def test_body_exactly_at_the_cap_is_read_and_judged_as_an_image(client):

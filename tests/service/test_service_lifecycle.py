@@ -1,27 +1,64 @@
-"""Start-up and deadlines on servers of their own: /readyz is 503 until warm-up ends while /livez answers;
-a model that cannot load stops the process with a clear error; requests past their deadline are dropped
-before execution with 504."""
+"""Start-up, deadlines and settings on servers of their own: /readyz is 503 until warm-up ends while /livez
+answers; requests past their deadline are dropped before execution with 504, and uploads that stall or
+trickle are cut at the deadline, freeing their in-flight slot; a bad setting or a model that cannot load
+stops `haste serve` at once with one line naming the setting (exit status 2)."""
 
 from __future__ import annotations
 
+import json
+import select
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from service_support import FIXTURES, MANIFEST, MODEL, Server, assert_error, metrics, require_model, sample
+import torch
+from service_support import (
+    FIXTURES,
+    MANIFEST,
+    MODEL,
+    Server,
+    assert_error,
+    metrics,
+    read_response,
+    require_model,
+    sample,
+    start_upload,
+)
 
 PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
+DEADLINE_S = 1.0
 
 
 @pytest.fixture(scope="module")
 def slow_server():
-    """Warm-up of at least 0.5 s per level, batches of 2 that wait up to 1 s for a companion on its way,
-    and a 150 ms deadline."""
+    """Warm-up of at least 0.5 s per level, batches of 2 that wait up to 3 s for a companion on its way,
+    a 1 s deadline and two requests in flight at most."""
     require_model()
-    srv = Server(warmup_min_s=0.5, max_batch_size=2, max_batch_delay_ms=1000, request_deadline_ms=150)
+    srv = Server(warmup_min_s=0.5, max_batch_size=2, max_batch_delay_ms=3000,
+                 request_deadline_ms=DEADLINE_S * 1000, max_inflight=2)  # fmt: skip
     yield srv
     srv.stop()
+
+
+def wait_inflight(client: httpx.Client, n: int) -> None:
+    """Poll /metrics until ``n`` classify requests are in flight."""
+    end = time.monotonic() + 30
+    while sample(metrics(client), "haste_inflight_requests", model=MODEL) != n:
+        assert time.monotonic() < end, f"never {n} requests in flight"
+        time.sleep(0.01)
+
+
+def assert_timeout_reply(sock) -> dict:
+    """The stalled upload on ``sock`` is answered 504 timeout, and the server closes the connection."""
+    status, headers, body = read_response(sock, timeout=10 * DEADLINE_S)
+    assert status == 504, body
+    error = json.loads(body)
+    assert error["code"] == "timeout" and "deadline" in error["error"] and error["request_id"]
+    assert headers["connection"] == "close" and headers["x-request-id"] == error["request_id"]
+    sock.settimeout(10 * DEADLINE_S)
+    assert sock.recv(1) == b""  # closed by the server
+    return error
 
 
 def test_readyz_is_503_until_warm_up_ends_and_livez_is_independent(slow_server):
@@ -49,25 +86,28 @@ def test_readyz_is_503_until_warm_up_ends_and_livez_is_independent(slow_server):
 
 
 def test_request_past_its_deadline_is_dropped_before_execution(slow_server):
-    """A slow upload of level low is on its way, so the worker holds a queued low request for companions
-    (up to the 1 s batch delay); its 150 ms deadline passes first: 504, and it is never executed."""
+    """Request A of level low uploads slowly but completes within its deadline; meanwhile upload B of level
+    low (admitted after A, so its deadline is later) stalls, so the worker holds A for a companion on its
+    way (up to the 3 s batch delay). A's deadline passes first: 504, and A is never executed; B is cut at
+    its own deadline: 504."""
     slow_server.wait()
 
     def slow_body():
         yield PNG[:10]
-        time.sleep(1.5)
+        time.sleep(0.6 * DEADLINE_S)
         yield PNG[10:]
 
     with httpx.Client(base_url=slow_server.url, timeout=30) as c, ThreadPoolExecutor(1) as pool:
         before = metrics(c)
         upload = pool.submit(c.post, "/v1/classify", params={"level": "low"}, content=slow_body(),
                              headers={"Content-Type": "image/png"})  # fmt: skip
-        time.sleep(0.3)  # the upload is admitted and being read
-        response = c.post("/v1/classify", params={"level": "low"}, content=PNG, headers={"Content-Type": "image/png"})
-        body = assert_error(response, 504, "timeout")
-        assert "deadline" in body["error"]
-        assert_error(upload.result(), 504, "timeout")  # its own deadline passed while it was being read
-        time.sleep(0.5)
+        wait_inflight(c, 1)  # A is admitted and being read
+        stalled = start_upload(slow_server, "/v1/classify?level=low", len(PNG), PNG[:10])
+        with stalled:
+            body = assert_error(upload.result(), 504, "timeout")
+            assert "deadline" in body["error"]
+            assert_timeout_reply(stalled)
+        time.sleep(0.2)
         after = metrics(c)
         labels = {"model": MODEL, "level": "low"}
         assert sample(after, "haste_requests_total", **labels, code="504") == (
@@ -75,15 +115,76 @@ def test_request_past_its_deadline_is_dropped_before_execution(slow_server):
         )
         assert sample(after, "haste_images_total", **labels) == sample(before, "haste_images_total", **labels)
         assert sample(after, "haste_queue_depth", model=MODEL) == 0
+        assert sample(after, "haste_inflight_requests", model=MODEL) == 0
         # a lone request with nothing else on its way runs at once, well within the deadline
         assert c.post("/v1/classify", params={"level": "low"}, content=PNG,
                       headers={"Content-Type": "image/png"}).status_code == 200  # fmt: skip
 
 
-def test_a_model_that_cannot_load_stops_the_server_with_its_error():
-    srv = Server(models="fmnist-resnet9000")
+def test_stalled_uploads_are_cut_at_the_deadline_and_free_their_slots(slow_server):
+    """Two clients send their headers and 10 of the announced bytes, then stall, filling both in-flight
+    slots: other requests get 503 queue_full meanwhile; at the deadline both stalled uploads are answered
+    504 and disconnected, and requests are served again."""
+    slow_server.wait()
+    with httpx.Client(base_url=slow_server.url, timeout=30) as c:
+        stalled = [start_upload(slow_server, "/v1/classify", 468, PNG[:10]) for _ in range(2)]
+        try:
+            wait_inflight(c, 2)
+            busy = c.post("/v1/classify", content=PNG, headers={"Content-Type": "image/png"})
+            assert_error(busy, 503, "queue_full")
+            for sock in stalled:
+                assert_timeout_reply(sock)
+        finally:
+            for sock in stalled:
+                sock.close()
+        wait_inflight(c, 0)
+        response = c.post("/v1/classify", content=PNG, headers={"Content-Type": "image/png"})
+        assert response.status_code == 200, response.text
+
+
+def test_a_trickling_upload_is_answered_at_its_deadline_not_after_it_ends(slow_server):
+    """A body sent one byte every 20 ms (the whole would take about 11 s) gets its 504 while it is still
+    being sent."""
+    slow_server.wait()
+    sock = start_upload(slow_server, "/v1/classify", len(PNG), PNG[:1])
+    with sock:
+        sent = 1
+        while sent < len(PNG):
+            readable, _, _ = select.select([sock], [], [], 0.02)
+            if readable:
+                break
+            try:
+                sock.sendall(PNG[sent : sent + 1])
+            except OSError:  # closed by the server after its reply: read it
+                break
+            sent += 1
+        assert sent < len(PNG), "the reply came only after the whole body"
+        assert_timeout_reply(sock)
+
+
+BAD_SETTINGS = {
+    # variable, value, words of the one-line message
+    "unknown model": ("HASTE_MODELS", "nope", ["HASTE_MODELS", "unknown model 'nope'", "fmnist-resnet34"]),
+    "unknown reference model": ("HASTE_MODELS", "fmnist-resnet9000", ["HASTE_MODELS", "fmnist-resnet9000"]),
+    "cuda without a GPU": ("HASTE_DEVICE", "cuda", ["HASTE_DEVICE", "CUDA is not available", "auto or cpu"]),
+    "batch size 0": ("HASTE_MAX_BATCH_SIZE", "0", ["HASTE_MAX_BATCH_SIZE", "greater than or equal to 1"]),
+    "unknown level": ("HASTE_DEFAULT_LEVEL", "max", ["HASTE_DEFAULT_LEVEL", "off, low, medium, high"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
+def test_a_bad_setting_stops_haste_serve_with_one_line_naming_it(case):
+    variable, value, words = BAD_SETTINGS[case]
+    if variable == "HASTE_DEVICE" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    srv = Server(**{variable.removeprefix("HASTE_").lower(): value})
     try:
-        assert srv.proc.wait(120) != 0
-        assert "fmnist-resnet9000" in srv.output()
+        assert srv.proc.wait(120) == 2
+        output = srv.output().strip()
+        assert "Traceback" not in output
+        assert len(output.splitlines()) == 1, output
+        assert output.startswith("haste serve: error: ")
+        for word in words:
+            assert word in output, (word, output)
     finally:
         srv.stop()
