@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import engine
+from .cli import non_negative_int, positive_int
 from .convert import convert
 from .layer_times import forward_at, layer_inputs, layer_times, seconds
 from .levels import LEVELS, compression
@@ -252,8 +253,26 @@ def markdown(report: dict) -> str:
                     f"| {m['model']} | {b['batch']} | {r['variant']} | {r['median_ms']:.2f} | {r['images_per_s']:.1f} "
                     f"| {100 * r['flops_saving']:.1f}% | {r['latency_ratio']:.3f}{ok} | {r['bar']:.3f} |"
                 )
-    groups = layer_group_table(report)
-    return "\n".join([*lines, *(["", *groups] if groups else [])])
+    tables = [t for t in (stage_table(report), layer_group_table(report)) if t]
+    return "\n".join([*lines, *(line for t in tables for line in ["", *t])])
+
+
+def stage_table(report: dict) -> list[str]:
+    """Where the CPU kernel's time goes (a report made with ``--stages``): thread milliseconds per forward in
+    each stage, per model, batch and level (timers of the profiling build)."""
+    lines = []
+    for m in report["models"]:
+        for b in m["batches"]:
+            for level, t in (b.get("stages") or {}).items():
+                if not lines:
+                    lines = [
+                        "| model | batch | level | " + " | ".join(engine.STAGES) + " | total (thread ms per forward) |",
+                        "|---|---|---|" + "---|" * (len(engine.STAGES) + 1),
+                    ]
+                ms = t["fused_cpu_kernel_ms"]
+                cells = " | ".join(f"{ms.get(stage, 0.0):.2f}" for stage in engine.STAGES)
+                lines.append(f"| {m['model']} | {b['batch']} | {level} | {cells} | {sum(ms.values()):.2f} |")
+    return lines
 
 
 def layer_group_table(report: dict) -> list[str]:
@@ -284,24 +303,77 @@ def layer_group_table(report: dict) -> list[str]:
 
 
 def add_command(sub) -> None:
-    p = sub.add_parser("bench", help="latency of every level against the dense model (ratios in one run)")
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    p.add_argument("--batch", nargs="+", type=int, default=[1, 32])
-    p.add_argument("--levels", nargs="+", default=["off", "low", "medium", "high"], choices=list(LEVELS))
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    """Register ``haste bench``."""
+    p = sub.add_parser(
+        "bench",
+        help="latency of every level against the dense model (ratios in one run)",
+        description="Time the unconverted model and the converted one at each level on the same batch of real "
+        "images, interleaved (order rotated every round) after warm-up; report median / min / max ms, images/s, "
+        "the FLOPs saving (overhead included) and the latency ratio to dense beside the bar 1 - saving/2.",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=list(DEFAULT_MODELS),
+        help="reference models (haste.zoo.names()) or torchvision classifiers as arch or arch:WEIGHTS "
+        f"(default {' '.join(DEFAULT_MODELS)})",
+    )
+    p.add_argument(
+        "--batch", nargs="+", type=positive_int, default=[1, 32], help="batch sizes, one table each (default 1 32)"
+    )
+    p.add_argument(
+        "--levels",
+        nargs="+",
+        default=["off", "low", "medium", "high"],
+        choices=list(LEVELS),
+        help="levels timed beside the unconverted model (default: all)",
+    )
+    p.add_argument(
+        "--rounds", type=positive_int, default=15, help="timed rounds, one forward per variant each (default 15)"
+    )
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed rounds first (default 3)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     p.add_argument("--stages", action="store_true", help="also profile the CPU kernel's stages")
     p.add_argument("--layers", action="store_true", help="also time every HASTE layer alone, dense and per level")
-    p.add_argument("--json", dest="out", type=Path, help="write the report here")
-    p.add_argument("--markdown", type=Path, help="print the README table of an existing report and exit")
+    p.add_argument("--json", dest="out", type=Path, help="write the report to this JSON file")
+    p.add_argument("--markdown", type=Path, help="print the README table of a report written with --json, and exit")
     p.set_defaults(func=_cli)
+
+
+def check_model_name(name: str) -> None:
+    """Raise ValueError, saying what is accepted, unless ``name`` is a model ``load_model`` can load."""
+    from . import zoo
+    from .zoo import torchvision as tv
+
+    if name in zoo.names():
+        return
+    if tv.is_torchvision_name(name):
+        if ":" in name:
+            tv.weights(name)  # raises ValueError naming the accepted weights
+        return
+    raise ValueError(
+        f"unknown model {name!r}; accepted: a reference model ({', '.join(zoo.names())}) or a torchvision "
+        "classifier as arch or arch:WEIGHTS (e.g. resnet50 or resnet50:IMAGENET1K_V2)"
+    )
+
+
+def read_report(path: Path) -> dict:
+    """A report written by ``haste bench --json``; ValueError if ``path`` holds something else."""
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a haste bench report (JSON written by --json): {exc}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("models"), list):
+        raise ValueError(f"{path} is not a haste bench report (JSON written by --json): it has no list 'models'")
+    return report
 
 
 def _cli(args) -> int:
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+        print(markdown(read_report(args.markdown)))
         return 0
+    for name in args.models:
+        check_model_name(name)
     run(args.models, batches=args.batch, levels=args.levels, rounds=args.rounds, warmup=args.warmup,
         threads=args.threads, stages=args.stages, layers=args.layers, out=args.out)  # fmt: skip
     return 0

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from . import zoo
+from .cli import positive_int
 from .convert import conversion, convert
 from .evaluate import CONVERT_DEFAULTS, add_data_arguments, command_line, dense_copy, load_data, predict, summarise
-from .levels import MAX_HYPERPLANES
 from .sweep import AXES, add_grid_arguments, conv_names, matching, schedule_table, summarize, sweep
 
 #: The conversion options a calibration is for (one value each; the seed comes from --seeds).
@@ -177,7 +177,7 @@ def add_command(sub) -> None:
     p.add_argument("--sweep", help="use the runs of this haste sweep JSON (calibration split) instead of sweeping")
     add_grid_arguments(p)
     add_data_arguments(p, split="calibration")
-    p.add_argument("--test-limit", type=int, help="use only the first K test images")
+    p.add_argument("--test-limit", type=positive_int, help="use only the first K test images")
     p.add_argument("--out", help="write the calibration to this path (.json)")
     p.add_argument("--write-card", action="store_true", help="store the levels in the model card")
     p.set_defaults(func=_run)
@@ -193,8 +193,6 @@ def _run(args) -> int:
             )
     options = {k: getattr(args, k)[0] for k in OPTION_AXES}
     options["seed"] = args.seeds[0]
-    if max(args.hyperplanes) > MAX_HYPERPLANES:
-        raise ValueError(f"hyperplanes must be at most {MAX_HYPERPLANES}")
     result = calibrate(
         args.model,
         sweep_file=args.sweep,

@@ -1,14 +1,62 @@
 """The ``haste`` command. Each subcommand lives in the module that does the work and registers itself
 with ``add_command(subparsers)``: train (haste.train), evaluate (haste.evaluate), sweep and calibrate
-(haste.sweep), bench (haste.bench), serve (service.cli)."""
+(haste.sweep), bench (haste.bench), serve (service.cli). The argparse types the subcommands share are
+here, so a bad value is refused the same way everywhere: ``error: argument --batch: must be a positive
+integer, got 0`` and exit status 2, before any model is loaded."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
+from .levels import MAX_HYPERPLANES
+
 COMMAND_MODULES = ("haste.train", "haste.evaluate", "haste.sweep", "haste.bench", "service.cli")
+
+
+def _integer(text: str, low: int, high: int | None, accepted: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {accepted}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (images, batch size, rounds, threads, pixels)."""
+    return _integer(text, 1, None, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of an integer that may be 0 (warm-up rounds, a conv index)."""
+    return _integer(text, 0, None, "a non-negative integer")
+
+
+def hyperplane_count(text: str) -> int:
+    """argparse type of a number of hyperplanes: 1..MAX_HYPERPLANES (level off is the dense model)."""
+    return _integer(text, 1, MAX_HYPERPLANES, f"an integer from 1 to {MAX_HYPERPLANES} (--level off runs dense)")
+
+
+def fraction(text: str) -> float:
+    """argparse type of a probability in [0, 1) (the ternary hyperplanes' sparsity)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+    return value
+
+
+def boolean(text: str) -> bool:
+    """argparse type of a boolean flag value: true/false, yes/no, 1/0."""
+    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"must be true or false (yes/no, 1/0), got {text}")
+    return text.lower() in ("true", "yes", "1")
 
 
 def build_parser() -> argparse.ArgumentParser:

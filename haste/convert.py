@@ -116,6 +116,11 @@ def convert(
         else:
             chosen.append((index, name, conv))
     if not chosen:
+        if convs and start_layer >= len(convs):
+            raise ValueError(
+                f"start_layer={start_layer} is past the model's last conv: it has {len(convs)} Conv2d, numbered 0 to "
+                f"{len(convs) - 1} in module order (start_layer is the number of the first conv that may be converted)"
+            )
         raise ValueError(f"no convolution of this model can be converted: {_summary(record.skipped)}")
     if levels is None:
         levels = card_levels(model, record.options)
@@ -168,6 +173,9 @@ def _summary(skipped: dict[str, str]) -> str:
     first = {}
     for reason in skipped.values():
         first.setdefault(reason.split(" (")[0].split(":")[0], reason)
+    for kind, count in kinds.items():
+        if kind.startswith("before start_layer="):  # not conv #0's own reason: the range it covers
+            first[kind] = f"{kind} (convs #0 to #{count - 1})" if count > 1 else first[kind]
     return "; ".join(f"{count} x {first[kind]}" for kind, count in kinds.most_common())
 
 

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from . import zoo
+from .cli import boolean, fraction, hyperplane_count, non_negative_int, positive_int
 from .convert import DEFAULT_OPTIONS, conversion, convert
 from .functional import MERGES
-from .levels import LEVELS, compression
+from .levels import LEVELS, MAX_HYPERPLANES, compression
 from .lsh import FAMILIES
 from .preprocess import InputSpec, normalize, preprocess
 from .profile import Report, profile
@@ -224,11 +225,13 @@ def dense_copy(model: nn.Module) -> nn.Module:
 def add_convert_arguments(p) -> None:
     """haste.convert options as CLI flags (default: the card's calibrated options, else the library's)."""
     g = p.add_argument_group("conversion options (default: the card's calibrated options, else haste.convert's)")
-    g.add_argument("--patch-size", type=int, help="output tile side P in pixels (default 4)")
-    g.add_argument("--sparsity", type=float, help="ternary hyperplanes: probability of a zero entry (default 2/3)")
+    g.add_argument("--patch-size", type=positive_int, help="output tile side P in pixels (default 4)")
+    g.add_argument("--sparsity", type=fraction, help="ternary hyperplanes: probability of a zero entry (default 2/3)")
     g.add_argument("--hash", choices=FAMILIES, help="hyperplane family (default ternary)")
     g.add_argument("--seed", type=int, help="hyperplane seed (default 0)")
-    g.add_argument("--start-layer", type=int, help="index of the first convertible conv (default 1)")
+    g.add_argument(
+        "--start-layer", type=non_negative_int, help="index (from 0) of the first convertible conv (default 1)"
+    )
     g.add_argument(
         "--include-pointwise", type=boolean, nargs="?", const=True, help="also convert 1x1 convs (default no)"
     )
@@ -243,16 +246,9 @@ def add_data_arguments(p, *, split: str = "test") -> None:
     p.add_argument("--dataset", choices=DATASETS, help="default: the model card's dataset")
     p.add_argument("--data-dir", help="dataset root (Fashion-MNIST IDX files, CIFAR-10 root, or an image folder tree)")
     p.add_argument("--split", default=split, help=f"dataset split (default {split}; calibration = held-out train)")
-    p.add_argument("--limit", type=int, help="use only the first K images of the split")
-    p.add_argument("--batch-size", type=int, default=250, help="images per forward (default 250)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-
-
-def boolean(text: str) -> bool:
-    """argparse type of a boolean flag value: true/false, yes/no, 1/0."""
-    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
-        raise ValueError(f"expected true or false; got {text!r}")
-    return text.lower() in ("true", "yes", "1")
+    p.add_argument("--limit", type=positive_int, help="use only the first K images of the split")
+    p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward (default 250)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
 
 
 def add_command(sub) -> None:
@@ -260,7 +256,11 @@ def add_command(sub) -> None:
     p = sub.add_parser("evaluate", help="accuracy and FLOPs of a model dense and with HASTE")
     p.add_argument("--model", required=True, help="reference model, torchvision arch[:WEIGHTS], or a card .json")
     p.add_argument("--level", default="medium", help=f"compression level: {', '.join(LEVELS)} (default medium)")
-    p.add_argument("--hyperplanes", type=int, help="explicit hyperplanes for every converted layer (overrides --level)")
+    p.add_argument(
+        "--hyperplanes",
+        type=hyperplane_count,
+        help=f"explicit hyperplanes (1..{MAX_HYPERPLANES}) for every converted layer (overrides --level)",
+    )
     add_data_arguments(p)
     add_convert_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")

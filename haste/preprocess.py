@@ -58,9 +58,40 @@ def normalize(pixels: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return x
 
 
+#: Pillow modes of 16-bit single-channel images (16-bit grayscale PNG, TIFF, PGM), any byte order.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """A single-channel image of more than 8 bits per pixel -> the same image as 8-bit "L"; other modes
+    are returned unchanged.
+
+    Pillow's ``convert("L")`` / ``convert("RGB")`` clips such pixels at 255 instead of scaling them. Here
+    16-bit pixels (modes ``SIXTEEN_BIT_MODES``, and mode "I" when every value is in 0..65535, which is how
+    some Pillow versions and formats decode 16-bit grayscale) keep their high byte, ``value >> 8`` (full
+    scale 65535 -> 255; an 8-bit value v stored as v * 257 comes back as v). Mode "I" with values outside
+    0..65535 (32-bit integer TIFF) raises ValueError: its scale is unknown. Float images (mode "F", e.g.
+    float TIFF) are taken on Pillow's 0..255 scale (as ``convert("L")`` does): rounded to the nearest
+    integer and clipped to 0..255, NaN as 0; an image of [0, 1] floats must be scaled by 255 beforehand.
+    """
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
+        pixels = np.asarray(image)
+        if image.mode == "I" and pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise ValueError(
+                f"32-bit integer pixels ({pixels.min()}..{pixels.max()}) have no known scale; accepted: "
+                "8-bit images, 16-bit grayscale (0..65535) and float images on a 0..255 scale"
+            )
+        return Image.fromarray((pixels.astype(np.uint32) >> 8).astype(np.uint8))
+    if image.mode == "F":
+        pixels = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    return image
+
+
 def image_to_pixels(image: Image.Image, spec: InputSpec) -> torch.Tensor:
-    """A decoded PIL image -> uint8 (C, H, W) in the spec's mode, resized and centre-cropped."""
-    image = image.convert(spec.mode)
+    """A decoded PIL image -> uint8 (C, H, W) in the spec's mode, resized and centre-cropped. Images of
+    more than 8 bits per pixel are scaled to 8 bits first (``eight_bit``)."""
+    image = eight_bit(image).convert(spec.mode)
     if spec.resize and min(image.size) != spec.resize:
         w, h = image.size
         scale = spec.resize / min(w, h)

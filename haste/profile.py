@@ -3,12 +3,14 @@
     with haste.profile(model) as report:
         with haste.compression("high"):
             model(x)
-    report.saving  # fraction of dense multiply-adds saved, overhead included
+    report.saving  # fraction of the model's dense multiply-adds saved, overhead included
 
 Counts are multiply-adds (torchvision's GFLOPS convention). Dense = every Conv2d and Linear run dense;
 executed = merged convolutions of HASTE layers plus the dense cost of every other Conv2d/Linear;
-overhead = centring, hashing, sorting, input and filter merging. The collector lives in a contextvar,
-so profiling in one thread does not count another thread's forwards.
+overhead = centring, hashing, sorting, input and filter merging. With ``dense_layers=False`` the
+report covers the HASTE layers only, and its fractions are of their FLOPs, not the model's (see
+``profile``). The collector lives in a contextvar, so profiling in one thread does not count another
+thread's forwards.
 """
 
 from __future__ import annotations
@@ -75,7 +77,12 @@ class LayerStats:
 
 @dataclass
 class Report:
-    """FLOPs of the forwards run inside ``profile``. Scalars are means per image."""
+    """FLOPs of the forwards run inside ``profile``. Scalars are means per image, in multiply-adds.
+
+    They cover the layers the profile recorded: every Conv2d and Linear of the model by default, the
+    HASTE layers only with ``profile(..., dense_layers=False)`` (then ``dense_flops`` is the HASTE
+    layers' dense count and ``saving`` a fraction of it, not of the whole model).
+    """
 
     images: int = 0
     forwards: int = 0
@@ -104,7 +111,9 @@ class Report:
 
     @property
     def saving(self) -> float:
-        """Fraction of dense multiply-adds saved, overhead included (0 at level off)."""
+        """``saved_flops / dense_flops``: the fraction of the recorded layers' dense multiply-adds saved,
+        overhead included (0 at level off). The whole model's saving by default; with
+        ``dense_layers=False``, the fraction of the HASTE layers' FLOPs (larger than the model's)."""
         return self.saved_flops / self.dense_flops if self.dense_flops else 0.0
 
     def as_dict(self) -> dict:
@@ -191,8 +200,10 @@ def profile(model: nn.Module, *, dense_layers: bool = True) -> Iterator[Report]:
     ``dense_layers=False`` records the HASTE layers only, without the global module hook that sees
     the other Conv2d/Linear layers and the end of each forward (that hook slows every module call):
     the report's rows then cover the HASTE layers of exactly one forward, closed when the block
-    exits. Their dense - executed - overhead is the whole model's saving (the other layers run
-    dense); the service uses this per batch.
+    exits. Their ``saved_flops`` (dense - executed - overhead) is the whole model's saving in
+    multiply-adds (the other layers run dense), but ``dense_flops`` is the HASTE layers' alone, so
+    ``saving`` is relative to the HASTE layers, not the model: for the model's fraction divide
+    ``saved_flops`` by the model's dense count (``haste.count_flops``). The service does this per batch.
     """
     report = Report()
     collector = _Collector(model, report)

@@ -3,8 +3,10 @@
     haste sweep --model fmnist-resnet34 --hyperplanes 4 6 8 10 12 --seeds 0 1 2 --out results/sweep-r34
 
 Grid axes: hyperplanes, patch size, sparsity, hash family, start layer, include_pointwise and per-layer
-schedules (``--schedule "layer1=+2,layer4=-1"``: hyperplane offsets for the layers whose names match,
-relative to the row's hyperplanes; a plain number sets the value, 0 runs the layer dense). Each point
+schedules (``--schedule "layer1=+2,layer4=-1"``: hyperplane offsets for the convs whose names match,
+relative to the row's hyperplanes; a plain number sets the value, ``layer1=12``, and 0 runs the layer
+dense; a pattern is a conv name, a name prefix such as ``layer1``, or a glob such as ``*.conv2``, and a
+pattern that matches no conv is an error). Each point
 converts a fresh copy of the dense model with one seed; dense predictions are computed once. Writes
 ``<out>.json`` (every run and the summary), ``<out>.csv`` (summary: mean and std over seeds) and
 ``<out>.png`` (accuracy vs saving).
@@ -13,10 +15,11 @@ The JSON is rewritten after every run, and runs already in it are skipped: an in
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import itertools
 import json
-import math
+import re
 import statistics
 import time
 from collections import defaultdict
@@ -26,12 +29,12 @@ import torch
 from torch import nn
 
 from . import zoo
+from .cli import boolean, fraction, hyperplane_count, non_negative_int, positive_int
 from .convert import convert
 from .evaluate import (
     CONVERT_DEFAULTS,
     Data,
     add_data_arguments,
-    boolean,
     command_line,
     dense_copy,
     load_data,
@@ -62,14 +65,38 @@ def parse_schedule(text: str) -> dict[str, str]:
     out = {}
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
         key, sep, value = part.partition("=")
-        if not sep or not value.strip().lstrip("+-").isdigit():
+        if not sep or not key.strip() or not re.fullmatch(r"[+-]?\d+", value.strip()):
             raise ValueError(f"schedule entries are pattern=+N, pattern=-N or pattern=N; got {part!r}")
         out[key.strip()] = value.strip()
     return out
 
 
+def schedule_argument(text: str) -> str:
+    """argparse type of a ``--schedule`` value: checked by ``parse_schedule``, kept as text."""
+    try:
+        parse_schedule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
+
+
+def check_schedule(conv_names: list[str], schedule: str) -> dict[str, str]:
+    """The entries of ``schedule`` (``parse_schedule``); raises ValueError, naming the model's layer groups,
+    if a pattern matches none of ``conv_names``."""
+    entries = parse_schedule(schedule)
+    unmatched = [p for p in entries if not any(_matches(name, p) for name in conv_names)]
+    if unmatched:
+        groups = list(dict.fromkeys(name.split(".")[0] for name in conv_names))
+        raise ValueError(
+            f"schedule pattern {', '.join(map(repr, unmatched))} matches no conv of the model; patterns are conv "
+            f"names, name prefixes or globs: layer groups {', '.join(groups)} (conv names such as "
+            f"{', '.join(conv_names[1:3] or conv_names)})"
+        )
+    return entries
 
 
 def schedule_table(
@@ -77,8 +104,9 @@ def schedule_table(
 ) -> int | dict[str, int]:
     """The hyperplanes of a level for a schedule: ``hyperplanes`` if uniform, else {"default": ...,
     layer: ...} with every matching layer's offset applied (the last matching entry wins), clamped to
-    1..maximum; ``pattern=0`` runs the matching layers dense."""
-    entries = parse_schedule(schedule)
+    1..maximum; ``pattern=0`` runs the matching layers dense. Raises ValueError if a pattern matches
+    no conv (``check_schedule``)."""
+    entries = check_schedule(conv_names, schedule)
     if not entries:
         return hyperplanes
     table: dict[str, int] = {"default": hyperplanes}
@@ -181,6 +209,8 @@ def sweep(
     """Run the grid (product of the axes) for every seed; returns {model, data, dense_accuracy, rows,
     summary}, written to ``out``.json/.csv/.png if given (resuming runs already in ``out``.json)."""
     dense = zoo.load(model_name)
+    for text in schedule:  # a pattern matching no layer: say so before running anything
+        check_schedule(conv_names(dense), text)
     card = dense.haste_card
     data = load_data(card, dataset=dataset, split=split, data_dir=data_dir, limit=limit)
     dense_preds, labels, dense_report = predict(dense, data, level="off", batch_size=batch_size)
@@ -260,19 +290,40 @@ def write(result: dict, base: Path, *, plot: bool = False) -> None:
 
 
 def add_grid_arguments(p) -> None:
-    p.add_argument("--hyperplanes", type=int, nargs="+", default=[4, 5, 6, 7, 8, 10, 12, 14], help="L values")
+    p.add_argument(
+        "--hyperplanes",
+        type=hyperplane_count,
+        nargs="+",
+        default=[4, 5, 6, 7, 8, 10, 12, 14],
+        help=f"L values, each 1..{MAX_HYPERPLANES} (default 4 5 6 7 8 10 12 14)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="hyperplane seeds (default 0 1 2)")
-    p.add_argument("--patch-size", type=int, nargs="+", default=[CONVERT_DEFAULTS["patch_size"]])
-    p.add_argument("--sparsity", type=float, nargs="+", default=[CONVERT_DEFAULTS["sparsity"]])
-    p.add_argument("--hash", choices=FAMILIES, nargs="+", default=[CONVERT_DEFAULTS["hash"]])
-    p.add_argument("--start-layer", type=int, nargs="+", default=[CONVERT_DEFAULTS["start_layer"]])
+    p.add_argument(
+        "--patch-size", type=positive_int, nargs="+", default=[CONVERT_DEFAULTS["patch_size"]], help="tile sides P"
+    )
+    p.add_argument(
+        "--sparsity", type=fraction, nargs="+", default=[CONVERT_DEFAULTS["sparsity"]], help="each in [0, 1)"
+    )
+    p.add_argument(
+        "--hash", choices=FAMILIES, nargs="+", default=[CONVERT_DEFAULTS["hash"]], help="hyperplane families"
+    )
+    p.add_argument(
+        "--start-layer",
+        type=non_negative_int,
+        nargs="+",
+        default=[CONVERT_DEFAULTS["start_layer"]],
+        help="indexes (from 0) of the first convertible conv",
+    )
     p.add_argument("--include-pointwise", type=boolean, nargs="+", default=[False], help="true and/or false")
     p.add_argument("--merge", choices=MERGES, nargs="+", default=[CONVERT_DEFAULTS["merge"]], help="mean and/or scaled")
     p.add_argument(
         "--schedule",
+        type=schedule_argument,
         nargs="+",
         default=[""],
-        help='per-layer hyperplane offsets, e.g. "layer1=+2,layer4=-1" ("" = uniform); names or globs',
+        help='per-layer hyperplanes, comma-separated pattern=value: "layer1=+2,layer4=-1" offsets from the row\'s '
+        'L, "layer1=12" an absolute L, "layer4=0" dense; a pattern is a conv name, a name prefix (layer1) or a '
+        'glob (*.conv2) and must match a conv; "" = uniform (the default)',
     )
 
 
@@ -292,11 +343,6 @@ def add_command(sub) -> None:
 def _run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    for value in args.sparsity:
-        if not 0 <= value < 1 or math.isnan(value):
-            raise ValueError(f"sparsity must be in [0, 1); got {value!r}")
-    for text in args.schedule:
-        parse_schedule(text)
     result = sweep(
         args.model,
         hyperplanes=args.hyperplanes,

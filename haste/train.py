@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from .cli import positive_int
 from .data import fashion_mnist
 from .flops import count_flops
 from .preprocess import normalize
@@ -130,7 +131,7 @@ def add_command(sub) -> None:
     p.add_argument("--model", nargs="+", required=True, help="reference model names (haste.zoo.names())")
     p.add_argument("--out", help="output directory (default: the package's zoo/weights)")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     p.set_defaults(func=_run)
 
 

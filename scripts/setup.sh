@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine with Python 3.11: system packages (Fashion-MNIST data,
 # Prometheus for the observability tests), a virtual environment in .venv, the project with its
-# serving and development extras. Safe to run again; it only installs what is missing.
+# serving and development extras. Safe to run again; it only installs what is missing, and does
+# nothing (no apt, no pip) when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,20 @@ fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-# torch/torchvision first: the pinned pair (a large wheel) is the slow part.
-.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+
+# pip takes seconds even with nothing to do, so it runs only when the installation is missing or stale:
+# the stamp, written after the last successful install, must hold the hash of this script and
+# pyproject.toml, and the packages the project, its service and its tests import must import.
+stamp=.venv/.haste-setup
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d" " -f1)
+installed() {
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
+    .venv/bin/python -c "import haste, torch, torchvision, fastapi, uvicorn, pytest, hypothesis" 2>/dev/null
+}
+if ! installed; then
+  rm -f "$stamp"
+  # torch/torchvision first: the pinned pair (a large wheel) is the slow part.
+  .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  echo "$want" >"$stamp"
+fi

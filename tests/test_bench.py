@@ -36,7 +36,15 @@ def test_bench_report(tmp_path, capsys):
     capsys.readouterr()
     assert main(["bench", "--markdown", str(out)]) == 0
     table = capsys.readouterr().out
-    assert table.count("| fmnist-resnet18 |") == 5
+    assert table.count("| fmnist-resnet18 | 2 | ") == 5 + 3  # a row per variant, a stage row per level
+    for level in ("low", "medium", "high"):
+        ms = batch["stages"][level]["fused_cpu_kernel_ms"]
+        assert f"| fmnist-resnet18 | 2 | {level} | {ms['region']:.2f} | {ms['hash']:.2f} |" in table
+        assert (
+            table.split(f"| fmnist-resnet18 | 2 | {level} | {ms['region']:.2f}")[1]
+            .split("\n")[0]
+            .endswith(f"| {sum(ms.values()):.2f} |")
+        )
 
 
 def test_bench_layers(tmp_path, capsys):

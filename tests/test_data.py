@@ -52,6 +52,22 @@ def write_image_folder(root, classes=("cat", "dog"), per_class: int = 2, size=(4
     return root
 
 
+def test_image_folder_scales_16_bit_grayscale(tmp_path):
+    """A 16-bit grayscale file (value * 257) reads as its 8-bit original, not clipped to white."""
+    pixels = np.random.default_rng(1).integers(0, 256, (30, 40), dtype=np.uint8)
+    for name, image in (
+        ("eight", Image.fromarray(pixels)),
+        ("sixteen", Image.fromarray(pixels.astype(np.uint16) * 257)),
+    ):
+        (tmp_path / name / "x").mkdir(parents=True)
+        image.save(tmp_path / name / "x" / "0.png")
+    spec = InputSpec(mode="L", resize=28, crop=28, pad=2)
+    eight, sixteen = (
+        image_folder(tmp_path / name, transform=lambda im: preprocess(im, spec))[0][0] for name in ("eight", "sixteen")
+    )
+    assert torch.equal(eight, sixteen)
+
+
 def test_fashion_mnist_splits():
     test_x, test_y = fashion_mnist("test")
     calib_x, calib_y = fashion_mnist("calibration")

@@ -39,8 +39,11 @@ def tiny(tmp_path):
 
 
 def run(capsys, *argv):
-    """Run the haste CLI; returns (exit code, stdout, stderr)."""
-    code = main([str(a) for a in argv])
+    """Run the haste CLI; returns (exit code, stdout, stderr). An argument argparse refuses exits with 2."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -100,11 +103,19 @@ def test_evaluate_text_output_and_options(tiny, capsys):
     [
         (("--model", "no-such-model"), "unknown model 'no-such-model'"),
         (("--level", "extreme"), "level must be one of off, low, medium, high"),
-        (("--hyperplanes", 99), "hyperplanes must be an integer from 1 to 24"),
+        (("--hyperplanes", 99), "argument --hyperplanes: must be an integer from 1 to 24"),
+        (("--hyperplanes", 0), "argument --hyperplanes: must be an integer from 1 to 24"),
         (("--dataset", "cifar10"), "--dataset cifar10 needs --data-dir"),
         (("--data-dir", "/nonexistent/fashion"), "dataset-fashion-mnist"),
         (("--split", "validation"), "split must be one of"),
-        (("--limit", 0), "limit must be a positive number"),
+        (("--limit", 0), "argument --limit: must be a positive integer, got 0"),
+        (("--batch-size", 0), "argument --batch-size: must be a positive integer, got 0"),
+        (("--threads", 0), "argument --threads: must be a positive integer, got 0"),
+        (("--patch-size", 0), "argument --patch-size: must be a positive integer, got 0"),
+        (("--start-layer", -1), "argument --start-layer: must be a non-negative integer, got -1"),
+        (("--sparsity", 1), "argument --sparsity: must be a number in [0, 1), got 1"),
+        (("--include-pointwise", "maybe"), "argument --include-pointwise: must be true or false"),
+        (("--start-layer", 99), "start_layer=99 is past the model's last conv: it has 20 Conv2d, numbered 0 to 19"),
     ],
 )
 def test_evaluate_errors(tiny, capsys, argv, message):

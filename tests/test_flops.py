@@ -68,9 +68,10 @@ def test_profile_counts_per_image():
     assert constant == again
 
 
-def test_profile_of_haste_layers_only_gives_the_same_saving():
-    """dense_layers=False (no global hook, as the service uses it): the HASTE layers' saving per image
-    equals the saving of the full profile, and the layers listed are the HASTE layers only."""
+def test_profile_of_haste_layers_only_saves_the_same_flops():
+    """dense_layers=False (no global hook, as the service uses it): the HASTE layers' saved multiply-adds
+    per image equal the full profile's, and the layers listed are the HASTE layers only; its ``saving`` is
+    a fraction of the HASTE layers' FLOPs, larger than the model's (as its docstring says)."""
     model = haste.convert(torchvision.models.resnet18(num_classes=10).eval())
     x = torch.cat([torch.zeros(1, 3, 32, 32), torch.randn(2, 3, 32, 32)])
     with torch.no_grad(), haste.compression("high"):
@@ -83,6 +84,9 @@ def test_profile_of_haste_layers_only_gives_the_same_saving():
     for (dense, executed, overhead), (d, e, o) in zip(full.per_image, light.per_image):
         assert d < dense and dense - executed - overhead == pytest.approx(d - e - o, rel=1e-12)
         assert d - e - o > 0
+    assert light.saved_flops == pytest.approx(full.saved_flops, rel=1e-12)
+    assert light.saving == pytest.approx(light.saved_flops / light.dense_flops) and light.saving > full.saving
+    assert full.saving == pytest.approx(light.saved_flops / haste.count_flops(model, (3, 32, 32)))
 
 
 def test_profile_ignores_other_threads():

@@ -2,6 +2,8 @@
 through a pre-seeded offline cache."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -30,6 +32,18 @@ def seed_cache(name: str) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return state
+
+
+def test_import_haste_exposes_the_zoo_on_first_use():
+    """README: ``import haste`` then ``haste.zoo.load(...)``; the zoo (and torchvision) loads only when used."""
+    code = (
+        "import sys, haste\n"
+        "assert 'haste.zoo' not in sys.modules and 'torchvision' not in sys.modules, 'imported eagerly'\n"
+        "print(haste.zoo.names()[0], haste.zoo.load is sys.modules['haste.zoo'].load, 'zoo' in dir(haste))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [zoo.names()[0], "True", "True"]
 
 
 def test_registry_names():

@@ -25,4 +25,15 @@ def image_folder(root: str | Path, transform=None) -> Dataset:
     """An ImageNet-style folder tree (``root/<class>/<image>``) through torchvision's ImageFolder."""
     if not Path(root).is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist (expected root/<class>/<image files>)")
-    return torchvision.datasets.ImageFolder(str(root), transform=transform)
+    return torchvision.datasets.ImageFolder(str(root), transform=transform, loader=_open_unconverted)
+
+
+def _open_unconverted(path: str):
+    """The decoded image in its own mode: torchvision's default loader converts to RGB first, which clips
+    16-bit grayscale; ``haste.preprocess`` scales it (``eight_bit``) and converts."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        image.load()
+    return image

@@ -63,7 +63,9 @@ def card(name: str, root: Path | None = None) -> dict:
 
 
 def load(name: str, root: Path | None = None, *, download: bool | None = None) -> nn.Module:
-    """The model ``name`` in eval mode, with its card as ``model.haste_card``.
+    """The model ``name`` in eval mode, with its card as ``model.haste_card``: the dense, unconverted
+    model (a plain torch module, usable as the baseline). ``haste.convert(model)`` then converts it with
+    the card's calibrated options and levels.
 
     ``download`` applies to torchvision weights only (default: allowed unless ``HASTE_OFFLINE=1``).
     """
