@@ -21,12 +21,15 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 # pip takes seconds even with nothing to do, so it runs only when the installation is missing or stale:
 # the stamp, written after the last successful install, must hold the hash of this script and
-# pyproject.toml, and the packages the project, its service and its tests import must import.
+# pyproject.toml, and the packages the project, its service and its tests import must be there (found,
+# not imported: importing torch alone takes seconds; -I: not the checkout's haste by the working directory).
 stamp=.venv/.haste-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d" " -f1)
 installed() {
-  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-    .venv/bin/python -c "import haste, torch, torchvision, fastapi, uvicorn, pytest, hypothesis" 2>/dev/null
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -I -c "
+import importlib.util, sys
+sys.exit(any(importlib.util.find_spec(m) is None for m in
+             ('haste', 'torch', 'torchvision', 'fastapi', 'fastapi_offline', 'uvicorn', 'pytest', 'hypothesis')))"
 }
 if ! installed; then
   rm -f "$stamp"
