@@ -279,6 +279,11 @@ for _path in ("/v1/classify", "/classify"):
         openapi_extra=CLASSIFY_BODY,
         summary="Classify an image" + (" (alias of /v1/classify)" if _path == "/classify" else ""),
     )
+    # `curl -T image.jpg URL` uploads a raw body with PUT (SERVICE.md's "curl -T style"): the same handler
+    classify_router.add_api_route(
+        _path, classify, methods=["PUT"], response_model=ClassifyResponse, dependencies=[Depends(strict_query)],
+        include_in_schema=False,
+    )  # fmt: skip
 
 
 def get(path: str, **kwargs: Any) -> Callable:

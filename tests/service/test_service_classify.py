@@ -107,6 +107,15 @@ def test_reply_shape_defaults_and_request_id(client):
     assert other.headers["x-request-id"] == other.json()["request_id"] != "bad id with spaces"
 
 
+def test_curl_upload_style_put_gets_the_post_answer(client):
+    """`curl -T file URL` sends the file as a raw PUT body without a Content-Type: answered as a POST is."""
+    data = (FIXTURES / FMNIST_PNG[0]["file"]).read_bytes()
+    put = client.put("/v1/classify", params={"level": "high"}, content=data)
+    post = client.post("/v1/classify", params={"level": "high"}, content=data, headers={"Content-Type": "image/png"})
+    assert put.status_code == post.status_code == 200
+    assert put.json()["predictions"] == post.json()["predictions"] and put.json()["compute"] == post.json()["compute"]
+
+
 def test_top_k_and_level_savings(client):
     name = FMNIST_PNG[0]["file"]
     assert len(classify(client, name, "off", top_k=1).json()["predictions"]) == 1
