@@ -151,6 +151,33 @@ def test_weight_changes_invalidate_the_cached_layout():
     torch.testing.assert_close(after - conv.bias[None, :, None, None], 2 * (before - conv.bias[None, :, None, None]))
 
 
+def test_a_failing_triton_engine_falls_back_to_the_reference(monkeypatch, caplog):
+    """Chosen automatically, a Triton engine that cannot run (here: CPU tensors without Triton's interpreter,
+    like a GPU image without a C compiler for Triton's driver) logs why once and the reference answers;
+    forced, the error propagates."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(engine, "triton_failed", None)
+    conv = nn.Conv2d(6, 5, 3, padding=1)
+    x = torch.randn(1, 6, 8, 8)
+    args = dict(stride=(1, 1), padding=(1, 1, 1, 1), patch=4, planes=sample_hyperplanes(4, 36, seed=0))
+    with torch.no_grad():
+        with engine.forced("triton"), pytest.raises(RuntimeError):  # Triton: "0 active drivers"
+            engine.conv2d(x, conv.weight, conv.bias, engine="triton", **args)
+        assert engine.triton_failed is None
+        fallback = engine.conv2d(x, conv.weight, conv.bias, engine="triton", **args)
+        ref = engine.conv2d(x, conv.weight, conv.bias, engine="reference", **args)
+    assert engine.triton_failed and "Triton engine failed" in caplog.text
+    torch.testing.assert_close(fallback.output, ref.output, rtol=0, atol=0)
+
+    class FakeCuda:  # choose() only looks at the device and grads
+        device = torch.device("cuda")
+        requires_grad = False
+
+    with torch.no_grad():
+        assert engine.choose(FakeCuda(), conv.weight) == "reference"  # CUDA tensors no longer try Triton
+
+
 def test_kernel_build_is_named_by_what_goes_into_it():
     """Checkouts and environments sharing TORCH_EXTENSIONS_DIR keep separate builds, not one they rebuild in turn."""
     name = engine.build_name("", engine._CFLAGS)

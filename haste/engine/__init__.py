@@ -95,6 +95,21 @@ def profiling_kernel():
     return _build("_profile", [*_CFLAGS, "-DHASTE_PROFILE"])
 
 
+triton_failed: str | None = None
+"""Why the Triton engine failed at run time (e.g. no C compiler or no writable cache for Triton's driver
+build), after which CUDA tensors use the reference engine; None while it works."""
+
+
+def _triton_failed(exc: Exception) -> None:
+    global triton_failed
+    with _lock:
+        if triton_failed is None:
+            triton_failed = f"{type(exc).__name__}: {exc}"
+            logging.getLogger("haste").error(
+                "Triton engine failed, using the (slower) reference engine on CUDA from now on: %s", triton_failed
+            )
+
+
 def _triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -135,7 +150,7 @@ def choose(x: torch.Tensor, weight: torch.Tensor) -> str:
         return "reference"  # the only differentiable engine
     device = x.device.type
     if device == "cuda":
-        return "triton" if _triton_available() else "reference"
+        return "triton" if _triton_available() and triton_failed is None else "reference"
     if device == "cpu" and x.dtype == weight.dtype == torch.float32 and _load() is not None:
         return "cpu"
     return "reference"
@@ -168,9 +183,19 @@ def conv2d(
     if engine == "reference":
         return haste_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes, merge=merge)
     if engine == "triton":
-        from .triton_gpu import conv2d as triton_conv2d
+        try:
+            from .triton_gpu import conv2d as triton_conv2d
 
-        return triton_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes, merge=merge)
+            return triton_conv2d(
+                x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes, merge=merge
+            )  # fmt: skip
+        except Exception as exc:
+            if _forced.get() == "triton":
+                raise
+            _triton_failed(exc)  # chosen automatically: fall back for this call and every later one
+            return haste_conv2d(
+                x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes, merge=merge
+            )
     if engine != "cpu" or _load() is None:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)} (cpu unavailable: {unavailable}); got {engine!r}")
     kernel = tuple(weight.shape[2:])
