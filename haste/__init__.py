@@ -5,7 +5,7 @@ FLOPs throughout are multiply-adds (torchvision's GFLOPS convention). ``haste.zo
 imported on first use: it loads torchvision, which ``import haste`` does not need.
 """
 
-from .convert import Conversion, conversion, convert, revert
+from .convert import Conversion, conversion, convert, refresh, revert
 from .flops import count_flops
 from .levels import DEFAULT_LEVEL, LEVELS, MAX_HYPERPLANES, compression
 from .module import HasteConv2d
@@ -24,6 +24,7 @@ __all__ = [
     "convert",
     "count_flops",
     "profile",
+    "refresh",
     "revert",
     "zoo",
 ]

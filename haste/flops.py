@@ -16,15 +16,17 @@ from .tiles import Geometry
 
 
 def conv_flops(module: nn.Conv2d, output: torch.Tensor) -> int:
-    """Dense multiply-adds per image of ``module`` that produced ``output`` (N, C_out, H, W)."""
+    """Dense multiply-adds per image of ``module`` that produced ``output`` (N, C_out, H, W), N >= 0, or
+    unbatched (C_out, H, W)."""
     kh, kw = module.kernel_size
     per_out = module.in_channels // module.groups * kh * kw
-    return output[0].numel() * per_out
+    return math.prod(output.shape[-3:]) * per_out
 
 
 def linear_flops(module: nn.Linear, output: torch.Tensor) -> int:
-    """Dense multiply-adds per image of ``module`` that produced ``output`` (N, ..., out_features)."""
-    return output[0].numel() * module.in_features
+    """Dense multiply-adds per image of ``module`` that produced ``output`` (N, ..., out_features), N >= 0, or
+    unbatched (out_features,)."""
+    return math.prod(output.shape[1:] if output.dim() > 1 else output.shape) * module.in_features
 
 
 @functools.lru_cache(maxsize=256)

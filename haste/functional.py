@@ -89,6 +89,10 @@ def haste_conv2d(
     """
     n = x.shape[0]
     kernel = tuple(weight.shape[2:])
+    if n == 0:  # no images, nothing to hash: the dense conv gives the empty output (and its autograd graph)
+        geo = geometry(tuple(x.shape[2:]), kernel, stride, padding, patch)
+        out = F.conv2d(F.pad(x, padding), weight, bias, stride=stride)
+        return Result(out, geo, torch.zeros(0, dtype=torch.long, device=x.device))
     geo, buckets, merged_x, scale = merged_regions(
         x, kernel, stride=stride, padding=padding, patch=patch, planes=planes, merge=merge
     )

@@ -2,30 +2,147 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
+import torch.fx
 from torch import nn
 
 from . import engine
 from . import levels as _levels
-from .flops import haste_flops, tile_sums
+from .flops import conv_flops, haste_flops, tile_sums
 from .functional import check_merge, conv_padding
-from .lsh import sample_hyperplanes
+from .lsh import FAMILIES, sample_hyperplanes
 from .profile import active
 from .tiles import Geometry, geometry
+
+_EXPORT_ERROR = (
+    "HASTE layer {layer!r}: torch.jit.trace and torch.export cannot capture HASTE layers at a level other than off "
+    "(the kernel is invisible to the tracer: the trace would hold one constant output). torch.compile works; to "
+    "export the dense model, trace it at level off (inside haste.compression('off') the original convs are "
+    "recorded) or after haste.revert(model)"
+)
+_Proxy = torch.fx.Proxy
+_SCRIPT_ERROR = (
+    "HASTE layer {layer!r}: torch.jit.script cannot compile HASTE layers. torch.compile works; to script the dense "
+    "model, script haste.revert(copy.deepcopy(model))"
+)
+
+
+def unsupported(conv: nn.Module) -> str | None:
+    """Why ``HasteConv2d`` cannot stand in for ``conv`` (None if it can): it must be an initialised nn.Conv2d
+    whose forward is nn.Conv2d's own, without module hooks (the wrapper computes from the conv's weights without
+    calling the module), with groups=1, dilation 1 and zero padding. Reasons read "kind (detail): why"."""
+    if not isinstance(conv, nn.Conv2d):
+        return f"not an nn.Conv2d ({type(conv).__name__}): HasteConv2d wraps 2-D convolutions only"
+    if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
+        return f"uninitialised lazy conv ({type(conv).__name__}): run one forward first so that its shape is known"
+    for method in ("forward", "_conv_forward"):
+        if getattr(type(conv), method) is not getattr(nn.Conv2d, method):
+            return (
+                f"custom forward ({type(conv).__qualname__}.{method}): the wrapper computes from the weights and "
+                "would bypass it"
+            )
+    hooks = [
+        kind
+        for kind, registered in (
+            ("forward pre-hook", conv._forward_pre_hooks),
+            ("forward hook", conv._forward_hooks),
+            ("backward pre-hook", conv._backward_pre_hooks),
+            ("backward hook", conv._backward_hooks),
+        )
+        if registered
+    ]
+    if hooks:
+        return f"module hooks ({', '.join(hooks)}): the wrapper does not call the conv module, so they would not run"
+    if conv.groups != 1:
+        kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
+        return f"{kind} conv (groups={conv.groups}): merging channels across groups breaks the grouping"
+    if tuple(conv.dilation) != (1, 1):
+        return f"dilated conv (dilation={tuple(conv.dilation)}): tile regions assume dilation 1"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r}: only zero padding is supported"
+    return None
+
+
+#: (lowest, highest or None) of the integer options.
+_INTEGER_OPTIONS = {
+    "patch_size": (1, None), "seed": (0, None), "start_layer": (0, None),
+    "max_hyperplanes": (1, _levels.HYPERPLANES_LIMIT),
+}  # fmt: skip
+
+
+def check_options(**options) -> None:
+    """Raise ValueError, saying what is accepted, unless every given conversion option (any of ``haste.convert``'s
+    but ``levels``) has a valid value: integers are ints (not bools), ``include_pointwise`` a bool."""
+    for key, value in options.items():
+        if key in _INTEGER_OPTIONS:
+            low, high = _INTEGER_OPTIONS[key]
+            if (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                or value < low or (high is not None and value > high)
+            ):  # fmt: skip
+                accepted = f"from {low} to {high}" if high is not None else f"{low} or more"
+                raise ValueError(f"{key} must be an integer {accepted}; got {value!r}")
+        elif key == "sparsity":
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+                raise ValueError(f"sparsity must be a number in [0, 1) (probability of a 0 entry); got {value!r}")
+        elif key == "hash":
+            if not isinstance(value, str) or value not in FAMILIES:
+                raise ValueError(f"hash must be one of {', '.join(FAMILIES)}; got {value!r}")
+        elif key == "include_pointwise":
+            if not isinstance(value, bool):
+                raise ValueError(f"include_pointwise must be True or False; got {value!r}")
+        elif key == "merge":
+            check_merge(value)
+        else:
+            raise TypeError(f"unknown conversion option {key!r}")
+
+
+def _state_dict_like_the_conv(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """state_dict post-hook: the wrapped conv's entries under the wrapper's own prefix ("1.weight", not
+    "1.conv.weight"), so a converted model saves the same keys as the original one."""
+    inner = prefix + "conv."
+    for key in [k for k in state_dict if k.startswith(inner)]:  # the wrapper's entries come last: order kept
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        for key in [k for k in metadata if k == inner[:-1] or k.startswith(inner)]:
+            metadata[(prefix + key[len(inner) :]) if key != inner[:-1] else prefix[:-1]] = metadata.pop(key)
+
+
+def _load_like_the_conv(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: entries saved under the wrapper's prefix ("1.weight": a checkpoint of the
+    original model, or of a converted one) go to the wrapped conv; "1.conv.weight" (older converted
+    checkpoints) loads as it is."""
+    own = set(module._modules) | set(module._parameters) | set(module._buffers)
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix) :]
+        target = prefix + "conv." + rest
+        if rest.split(".", 1)[0] not in own and target not in state_dict:
+            state_dict[target] = state_dict.pop(key)
 
 
 class HasteConv2d(nn.Module):
     """Runs the wrapped conv with HASTE channel merging at the level of the current context.
 
+    A drop-in replacement: the same input shapes ((N, C, H, W) or unbatched (C, H, W)), outputs and
+    ``state_dict`` keys (the wrapped conv's entries are saved and loaded under the wrapper's own prefix).
+    ``torch.compile`` works; ``torch.fx`` traces it as one call (a leaf module), so the traced graph follows
+    the level at run time; ``torch.jit.trace`` and ``torch.export`` record the dense conv at level ``off`` and
+    raise RuntimeError at other levels (the kernel is invisible to them); ``torch.jit.script`` raises.
+
     Args:
-        conv: the pre-trained conv (groups=1, dilation=1, zero padding).
+        conv: the pre-trained conv: an nn.Conv2d (or a subclass keeping its forward) with groups=1,
+            dilation 1, zero padding and no module hooks (ValueError otherwise; see ``unsupported``).
         name: the layer's qualified name in its model (reports, per-layer schedules).
         patch_size: tile side P in output pixels.
         hash: hyperplane family, "ternary" or "gaussian".
         sparsity: probability of a zero entry of a ternary hyperplane.
         seed: seed of this layer's hyperplanes.
-        max_hyperplanes: rows sampled; a level uses the first L.
-        levels: this layer's table level name -> hyperplanes (see ``levels.resolve_table``).
+        max_hyperplanes: rows sampled (1..62); a level uses the first L.
+        levels: this layer's table level name -> hyperplanes (see ``levels.resolve_table``), each 0 (dense)
+            or 1..max_hyperplanes; default ``haste.LEVELS``.
         merge: "mean" (the paper) or "scaled" (within-channel hashing, least-squares scaled filter merge;
             see ``haste.functional``).
     """
@@ -44,8 +161,13 @@ class HasteConv2d(nn.Module):
         merge: str = "mean",
     ) -> None:
         super().__init__()
-        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-            raise ValueError(f"patch_size must be a positive integer; got {patch_size!r}")
+        reason = unsupported(conv)
+        if reason:
+            raise ValueError(
+                f"HasteConv2d cannot wrap {name or 'this conv'}: {reason}. It wraps an nn.Conv2d (or a subclass "
+                "keeping nn.Conv2d's forward) with groups=1, dilation 1, zero padding and no module hooks"
+            )
+        check_options(patch_size=patch_size, hash=hash, sparsity=sparsity, seed=seed, max_hyperplanes=max_hyperplanes)
         self.conv = conv
         self.name = name
         self.patch_size = patch_size
@@ -54,7 +176,7 @@ class HasteConv2d(nn.Module):
         self.seed = seed
         self.max_hyperplanes = max_hyperplanes
         self.merge = check_merge(merge)
-        self.levels = dict(levels) if levels is not None else _levels.resolve_table(None, name)
+        self.levels = _levels.resolve_table(levels, name, max_hyperplanes)
         self.padding = conv_padding(conv)
         region = tuple((patch_size - 1) * s + k for s, k in zip(conv.stride, conv.kernel_size))
         planes = sample_hyperplanes(max_hyperplanes, region[0] * region[1], family=hash, sparsity=sparsity, seed=seed)
@@ -64,6 +186,11 @@ class HasteConv2d(nn.Module):
         self._static = (conv.kernel_size, conv.stride, self.padding, patch_size, merge == "scaled")  # kernel args
         # Additions per channel for the first L planes (projection cost), precomputed per L.
         self._nnz = [0, *torch.count_nonzero(planes, dim=1).cumsum(0).tolist()]
+        self.register_state_dict_post_hook(_state_dict_like_the_conv)
+        self.register_load_state_dict_pre_hook(_load_like_the_conv)
+
+    def __prepare_scriptable__(self):  # called by torch.jit.script before compiling: say why it cannot
+        raise RuntimeError(_SCRIPT_ERROR.format(layer=self.name))
 
     def extra_repr(self) -> str:
         return (
@@ -73,26 +200,22 @@ class HasteConv2d(nn.Module):
 
     def _cpu_operands(self, hyperplanes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weight in the kernel's layout, bias, first ``hyperplanes`` planes) for the CPU kernel: one cache,
-        rebuilt when the weight or bias is replaced or changed in place (``_apply``, e.g. ``.to()``, clears
-        it); the plane slices are kept per level."""
+        rebuilt when the weight or bias is replaced (``conv.weight = ...``, ``weight.data = ...``) or changed
+        in place through autograd-visible ops (their version counter moves); ``_apply`` (e.g. ``.to()``) and
+        ``haste.refresh`` clear it (in-place edits through ``.data`` bypass the version counter). The plane
+        slices are kept per level."""
         conv = self.conv
         weight, bias = conv.weight, conv.bias
-        bias_version = None if bias is None else bias._version
+        key = (weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr()))
         cache = self._cpu_cache
-        if (
-            cache is None
-            or cache[0] is not weight
-            or cache[1] != weight._version
-            or cache[2] is not bias
-            or cache[3] != bias_version
-        ):
+        if cache is None or cache[0] is not weight or cache[1] is not bias or cache[2] != key:
             bias_t = engine.EMPTY if bias is None else bias.detach()
-            cache = (weight, weight._version, bias, bias_version, engine.weight_layout(weight), bias_t, {})
+            cache = (weight, bias, key, engine.weight_layout(weight), bias_t, {})
             self._cpu_cache = cache
-        planes = cache[6].get(hyperplanes)
+        planes = cache[5].get(hyperplanes)
         if planes is None:
-            planes = cache[6][hyperplanes] = self.planes[:hyperplanes].contiguous()
-        return cache[4], cache[5], planes
+            planes = cache[5][hyperplanes] = self.planes[:hyperplanes].contiguous()
+        return cache[3], cache[4], planes
 
     def _apply(self, fn, recurse=True):
         self._cpu_cache = None
@@ -102,7 +225,10 @@ class HasteConv2d(nn.Module):
         """The tiling for inputs of ``size`` (ValueError if the conv has no output), memoised per size."""
         geo = self._geometry.get(size)
         if geo is None:
-            geo = geometry(size, self.conv.kernel_size, self.conv.stride, self.padding, self.patch_size)
+            try:
+                geo = geometry(size, self.conv.kernel_size, self.conv.stride, self.padding, self.patch_size)
+            except ValueError as exc:
+                raise ValueError(f"{self.name or 'HasteConv2d'}: {exc}") from None
             self._geometry[size] = geo
         return geo
 
@@ -114,19 +240,26 @@ class HasteConv2d(nn.Module):
         return self.levels[setting.level]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, _Proxy):  # torch.fx symbolic tracing: one call of this module (a leaf)
+            return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), (x,), {})
         hyperplanes = self.hyperplanes()
         collector = active()
         if hyperplanes == 0:
             conv = self.conv
             y = conv._conv_forward(x, conv.weight, conv.bias)  # what conv(x) runs, without a 2nd module call
             if collector is not None:
-                kh, kw = self.conv.kernel_size
-                per = [float(y[0].numel() * self.conv.in_channels * kh * kw)] * y.shape[0]
-                collector.add(self.name, "haste", per, per, [0.0] * y.shape[0], channels=self.conv.in_channels)
+                n = y.shape[0] if y.dim() == 4 else 1
+                per = [float(conv_flops(conv, y))] * n
+                collector.record(self, self.name, "haste", per, per, [0.0] * n, channels=conv.in_channels)
             return y
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            raise RuntimeError(_EXPORT_ERROR.format(layer=self.name))
         if x.dim() != 4:
+            if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
+                return self.forward(x.unsqueeze(0)).squeeze(0)
             raise ValueError(
-                f"{self.name or 'HasteConv2d'} expects a 4D input (N, C, H, W); got shape {tuple(x.shape)}"
+                f"{self.name or 'HasteConv2d'} expects a 4D (N, C, H, W) or 3D (C, H, W) input; got shape "
+                f"{tuple(x.shape)}"
             )
         if x.shape[1] != self.conv.in_channels:
             raise ValueError(
@@ -134,9 +267,8 @@ class HasteConv2d(nn.Module):
             )
         weight = self.conv.weight
         name = engine.choose(x, weight)
-        size = (x.shape[2], x.shape[3])
+        geo = self._geometry_for((x.shape[2], x.shape[3]))  # checks the size, naming the layer
         if name == "cpu":  # the per-call fast path: operands cached, sizes checked once
-            geo = self._geometry_for(size)
             y, _, sums = engine.cpu_conv2d(x, *self._cpu_operands(hyperplanes), *self._static)
             if collector is None:
                 return y
@@ -149,14 +281,13 @@ class HasteConv2d(nn.Module):
             y = result.output
             if collector is None:
                 return y
-            geo = result.geometry or self._geometry_for(size)
             sums = tile_sums(geo, result.groups)
         dense, executed, overhead, buckets = haste_flops(
             geo, sums, c_in=self.conv.in_channels, c_out=self.conv.out_channels,
             used_planes_nnz=self._nnz[hyperplanes], hyperplanes=hyperplanes, merge=self.merge,
         )  # fmt: skip
-        collector.add(
-            self.name, "haste", dense, executed, overhead,
+        collector.record(
+            self, self.name, "haste", dense, executed, overhead,
             hyperplanes=hyperplanes, buckets=buckets, channels=self.conv.in_channels,
         )  # fmt: skip
         return y

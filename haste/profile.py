@@ -10,7 +10,8 @@ executed = merged convolutions of HASTE layers plus the dense cost of every othe
 overhead = centring, hashing, sorting, input and filter merging. With ``dense_layers=False`` the
 report covers the HASTE layers only, and its fractions are of their FLOPs, not the model's (see
 ``profile``). The collector lives in a contextvar, so profiling in one thread does not count another
-thread's forwards.
+thread's forwards. Profiles nest (an outer profile also counts the forwards of an inner block), and a
+profile counts only the layers of its own model (not those of another model run in the block).
 """
 
 from __future__ import annotations
@@ -128,11 +129,13 @@ class Report:
 
 
 class _Collector:
-    def __init__(self, model: nn.Module, report: Report) -> None:
+    def __init__(self, model: nn.Module, report: Report, parent: _Collector | None) -> None:
         self.model = model
         self.report = report
+        self.parent = parent  # the enclosing profile's collector: it also counts what this one sees
         self.pending: list[list[float]] | None = None  # per image [dense, executed, overhead] of this forward
         self._names: dict[int, str] | None = None  # dense layers' names, built when the first one runs
+        self._members: set[int] | None = None  # ids of the model's modules, built when a HASTE layer runs
 
     def name(self, module: nn.Module) -> str | None:
         """Qualified name of a dense Conv2d/Linear of the model (None if it is not part of it)."""
@@ -140,8 +143,32 @@ class _Collector:
             self._names = {id(m): n for n, m in self.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
         return self._names.get(id(module))
 
+    def owns(self, module: nn.Module) -> bool:
+        """Whether ``module`` is part of this profile's model."""
+        if self._members is None:
+            self._members = {id(m) for m in self.model.modules()}
+        return id(module) in self._members
+
+    def is_active(self) -> bool:
+        """Whether this profile is open in the current context (the innermost one or an enclosing one)."""
+        collector = _collector.get()
+        while collector is not None and collector is not self:
+            collector = collector.parent
+        return collector is self
+
+    def record(self, module: nn.Module, name: str, kind: str, dense, executed, overhead, **stats) -> None:
+        """Add one call of HASTE layer ``module`` to this profile and the enclosing ones, where it is part of
+        their model (``add``)."""
+        collector = self
+        while collector is not None:
+            if collector.owns(module):
+                collector.add(name, kind, dense, executed, overhead, **stats)
+            collector = collector.parent
+
     def add(self, name: str, kind: str, dense, executed, overhead, *, hyperplanes=0, buckets=None, channels=0):
-        """Record per-image lists (floats, one per image) of one layer call."""
+        """Record per-image lists (floats, one per image) of one layer call. A layer that sees another batch
+        size than the forward's first layer (a model that splits or regroups its batch) adds its totals spread
+        evenly over the forward's images."""
         n = len(dense)
         stats = self.report.layers.setdefault(name, LayerStats(kind=kind))
         stats.images += n
@@ -151,16 +178,21 @@ class _Collector:
         stats.hyperplanes = hyperplanes
         stats.channels = channels
         stats.buckets += sum(buckets) if buckets is not None else channels * n
-        rows = list(zip(dense, executed, overhead))
-        if self.pending is None or len(self.pending) != n:
-            self.pending = [list(r) for r in rows]
+        if not self.pending:
+            self.pending = [list(row) for row in zip(dense, executed, overhead)]
+            return
+        if len(self.pending) == n:
+            rows = zip(dense, executed, overhead)
         else:
-            for acc, row in zip(self.pending, rows):
-                acc[0] += row[0]
-                acc[1] += row[1]
-                acc[2] += row[2]
+            images = len(self.pending)
+            rows = [(sum(dense) / images, sum(executed) / images, sum(overhead) / images)] * images
+        for acc, row in zip(self.pending, rows):
+            acc[0] += row[0]
+            acc[1] += row[1]
+            acc[2] += row[2]
 
     def flush(self) -> None:
+        """Close the current forward: its per-image rows go to the report."""
         if self.pending is not None:
             self.report.per_image.extend(tuple(row) for row in self.pending)
             self.report.images += len(self.pending)
@@ -168,19 +200,21 @@ class _Collector:
         self.pending = None
 
     def hook(self, module: nn.Module, args: tuple, output) -> None:
-        if _collector.get() is not self:
-            return
+        """Global forward hook (``dense_layers=True``): counts the dense Conv2d/Linear of the model."""
         # HasteConv2d records itself and runs its wrapped conv without a module call, so every
         # Conv2d/Linear seen here runs dense
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and isinstance(output, torch.Tensor):
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and isinstance(output, torch.Tensor) and self.is_active():
             name = self.name(module)
             if name is not None:
-                n = output.shape[0]
-                flops = float(
-                    conv_flops(module, output) if isinstance(module, nn.Conv2d) else linear_flops(module, output)
-                )
+                if isinstance(module, nn.Conv2d):
+                    n, flops = (output.shape[0] if output.dim() == 4 else 1), float(conv_flops(module, output))
+                else:
+                    n, flops = (output.shape[0] if output.dim() > 1 else 1), float(linear_flops(module, output))
                 self.add(name, "dense", [flops] * n, [flops] * n, [0.0] * n)
-        if module is self.model:
+
+    def end_of_forward(self, module: nn.Module, args: tuple, output) -> None:
+        """Forward hook of the profiled model: one forward of it ended in this context."""
+        if self.is_active():
             self.flush()
 
 
@@ -195,24 +229,30 @@ def active() -> _Collector | None:
 @contextlib.contextmanager
 def profile(model: nn.Module, *, dense_layers: bool = True) -> Iterator[Report]:
     """Collect per-image dense / executed / overhead multiply-adds of the forwards of ``model`` run in
-    this context (thread or task) inside the block. Yields a Report filled as forwards run.
+    this context (thread or task) inside the block. Yields a Report filled as forwards run: one row per
+    image of every forward of ``model`` (closed when ``model`` returns), counting only ``model``'s own
+    layers. Profiles nest: an enclosing profile also counts the forwards of the inner blocks.
 
     ``dense_layers=False`` records the HASTE layers only, without the global module hook that sees
-    the other Conv2d/Linear layers and the end of each forward (that hook slows every module call):
-    the report's rows then cover the HASTE layers of exactly one forward, closed when the block
-    exits. Their ``saved_flops`` (dense - executed - overhead) is the whole model's saving in
-    multiply-adds (the other layers run dense), but ``dense_flops`` is the HASTE layers' alone, so
-    ``saving`` is relative to the HASTE layers, not the model: for the model's fraction divide
-    ``saved_flops`` by the model's dense count (``haste.count_flops``). The service does this per batch.
+    the other Conv2d/Linear layers (that hook slows every module call). The report's ``saved_flops``
+    (dense - executed - overhead) is then still the whole model's saving in multiply-adds (the other
+    layers run dense), but ``dense_flops`` is the HASTE layers' alone, so ``saving`` is relative to the
+    HASTE layers, not the model: for the model's fraction divide ``saved_flops`` by the model's dense count
+    (``haste.count_flops``). The service does this per batch.
+
+    A layer that sees another batch size than the first layer of the same forward (a model splitting its
+    batch) is counted by its totals, spread evenly over that forward's images.
     """
     report = Report()
-    collector = _Collector(model, report)
+    collector = _Collector(model, report, _collector.get())
     token = _collector.set(collector)
+    end = model.register_forward_hook(collector.end_of_forward)
     handle = nn.modules.module.register_module_forward_hook(collector.hook) if dense_layers else None
     try:
         yield report
     finally:
         if handle is not None:
             handle.remove()
+        end.remove()
         _collector.reset(token)
         collector.flush()

@@ -30,7 +30,7 @@ from torch import nn
 
 from . import zoo
 from .cli import boolean, fraction, hyperplane_count, non_negative_int, positive_int
-from .convert import convert
+from .convert import convert, layer_hint
 from .evaluate import (
     CONVERT_DEFAULTS,
     Data,
@@ -90,11 +90,9 @@ def check_schedule(conv_names: list[str], schedule: str) -> dict[str, str]:
     entries = parse_schedule(schedule)
     unmatched = [p for p in entries if not any(_matches(name, p) for name in conv_names)]
     if unmatched:
-        groups = list(dict.fromkeys(name.split(".")[0] for name in conv_names))
         raise ValueError(
             f"schedule pattern {', '.join(map(repr, unmatched))} matches no conv of the model; patterns are conv "
-            f"names, name prefixes or globs: layer groups {', '.join(groups)} (conv names such as "
-            f"{', '.join(conv_names[1:3] or conv_names)})"
+            f"names, name prefixes or globs: {layer_hint(conv_names)}"
         )
     return entries
 

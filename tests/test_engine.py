@@ -237,3 +237,14 @@ def test_cuda_tensors_choose_the_gpu_engine_without_running():
     with torch.no_grad():
         assert engine.choose(FakeCuda(), w) in ("triton", "reference")
         assert engine.choose(x, w) == "reference"  # meta: neither CPU float32 nor CUDA
+
+
+@pytest.mark.parametrize("setting", ["refrence", "cpu", "off"])
+def test_an_unknown_haste_engine_setting_is_an_error_at_the_first_kernel_load(monkeypatch, setting):
+    monkeypatch.setattr(engine, "_module", None)  # as before the first load (restored after the test)
+    monkeypatch.setattr(engine, "unavailable", None)
+    monkeypatch.setenv("HASTE_ENGINE", setting)
+    with pytest.raises(ValueError, match=f"HASTE_ENGINE must be unset, auto .* or reference .*; got '{setting}'"):
+        engine.cpu_kernel_available()
+    monkeypatch.setenv("HASTE_ENGINE", "Reference")
+    assert not engine.cpu_kernel_available() and engine.unavailable == "disabled by HASTE_ENGINE=reference"

@@ -64,7 +64,10 @@ def test_convert_records_reasons_and_is_idempotent():
     assert "1x1" in record.skipped["layer2.0.downsample.0"]
     assert "layer1.0.conv1" in record.replaced
     before = [id(m) for m in model.modules()]
-    assert haste.convert(model, patch_size=2) is model
+    assert haste.convert(model) is model and haste.convert(model, patch_size=4) is model  # the same options
+    assert [id(m) for m in model.modules()] == before
+    with pytest.raises(ValueError, match=r"already converted \(patch_size=4.*patch_size=2, haste.revert"):
+        haste.convert(model, patch_size=2)
     assert [id(m) for m in model.modules()] == before
     haste.revert(model)
     assert haste.conversion(model) is None

@@ -33,9 +33,10 @@ def test_unknown_level_names(bad):
             pass
 
 
-@pytest.mark.parametrize("bad", [0, -1, 25, 1000, 2.5, True, "8"])
+@pytest.mark.parametrize("bad", [0, -1, 63, 1000, 2.5, True, "8"])
 def test_out_of_range_hyperplanes(bad):
-    with pytest.raises(ValueError, match="hyperplanes must be an integer from 1 to 24"):
+    """compression checks against the largest any layer may sample (62); each layer against its own maximum."""
+    with pytest.raises(ValueError, match="hyperplanes must be an integer from 1 to 62"):
         with haste.compression(hyperplanes=bad):
             pass
 
@@ -56,7 +57,9 @@ def test_level_is_restored_after_block():
 
 
 def test_hyperplanes_above_layer_maximum_rejected():
-    model = haste.convert(torchvision.models.resnet18(num_classes=10).eval(), max_hyperplanes=8)
+    model = haste.convert(
+        torchvision.models.resnet18(num_classes=10).eval(), max_hyperplanes=8, levels={"low": 8, "medium": 6, "high": 4}
+    )
     with pytest.raises(ValueError, match="from 1 to 8"), haste.compression(hyperplanes=12), torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
 
@@ -160,8 +163,8 @@ def test_bad_inputs():
         haste.convert(torchvision.models.resnet18(), patch_size=0)
     model = _model()
     with torch.no_grad(), haste.compression("high"):
-        with pytest.raises(ValueError, match="4D input"):
-            model.layer1[0].conv1(torch.randn(64, 8, 8))
+        with pytest.raises(ValueError, match=r"4D \(N, C, H, W\) or 3D \(C, H, W\) input"):
+            model.layer1[0].conv1(torch.randn(8, 8))
         with pytest.raises(ValueError, match="expects 64 input channels"):
             model.layer1[0].conv1(torch.randn(1, 32, 8, 8))
         with pytest.raises(ValueError, match="smaller than the kernel"):

@@ -68,13 +68,20 @@ class _DropCudaHomeNotice(logging.Filter):
 
 def _load():
     """The CPU kernel, compiled once per machine, checkout and environment; None (reason in ``unavailable``)
-    when it cannot be built."""
+    when it cannot be built or HASTE_ENGINE=reference; ValueError for another HASTE_ENGINE than unset, empty,
+    auto or reference (case-insensitive)."""
     global _module, unavailable
     if _module is not None or unavailable is not None:
         return _module
     with _lock:
         if _module is None and unavailable is None:
-            if os.environ.get("HASTE_ENGINE", "").lower() == "reference":
+            setting = os.environ.get("HASTE_ENGINE", "")
+            if setting.lower() not in ("", "auto", "reference"):  # a typo must not pass for the default
+                raise ValueError(
+                    "HASTE_ENGINE must be unset, auto (the fused CPU kernel where it applies) or reference (never "
+                    f"build or use the fused CPU kernel); got {setting!r}"
+                )
+            if setting.lower() == "reference":
                 unavailable = "disabled by HASTE_ENGINE=reference"
                 return None
             try:

@@ -10,11 +10,13 @@ against the reference implementation on machines without a GPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-from ..functional import Result, merged_regions
+from ..functional import Result, haste_conv2d, merged_regions
 from ..tiles import assemble
 
 
@@ -64,7 +66,15 @@ def conv2d(
     planes: torch.Tensor,
     merge: str = "mean",
 ) -> Result:
-    """HASTE convolution with the fused Triton kernel (same arguments as haste.functional.haste_conv2d)."""
+    """HASTE convolution with the fused Triton kernel (same arguments as haste.functional.haste_conv2d). Needs
+    CUDA tensors (RuntimeError otherwise), or Triton's interpreter (TRITON_INTERPRET=1) for CPU tensors."""
+    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"the triton engine needs CUDA tensors; got {x.device.type} tensors (on the CPU use the cpu or "
+            "reference engine, or Triton's interpreter: TRITON_INTERPRET=1)"
+        )
+    if x.shape[0] == 0:  # no images, nothing to hash: the reference returns the empty output
+        return haste_conv2d(x, weight, bias, stride=stride, padding=padding, patch=patch, planes=planes, merge=merge)
     n, c = x.shape[:2]
     o, _, kh, kw = weight.shape
     geo, buckets, merged, scale = merged_regions(
