@@ -4,7 +4,9 @@ Requests wait in a bounded per-model queue (one FIFO per level). The worker take
 request has waited longest and runs it as soon as ``max_batch_size`` requests of that level are waiting,
 the oldest has waited ``max_batch_delay``, or no other request of that level is on its way (admitted and
 still being read or decoded): waiting cannot grow the batch then, so a lone request does not pay the
-delay. Requests past their deadline, or abandoned by their handler, are dropped before execution. The
+delay. Requests past their deadline, or abandoned by their handler, are dropped before execution; a
+request taken into a batch before its deadline runs to completion and is answered (and counted), even if
+the batch ends after the deadline. The
 level is set with ``haste.compression`` inside the worker; per-image FLOPs are the dense count, measured
 once at start, minus what the HASTE layers saved (``haste.profile(dense_layers=False)``; level off runs
 unprofiled).
@@ -27,7 +29,7 @@ import haste
 
 from .errors import ServiceError
 from .metrics import Metrics
-from .registry import ServedModel, warm_up
+from .registry import ServedModel, prepare_engine, report_engine, warm_up
 from .settings import Settings
 
 log = logging.getLogger("service")
@@ -55,7 +57,8 @@ class Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
-    abandoned: bool = False  # set by the handler when it stops waiting
+    abandoned: bool = False  # set by the handler when it stops waiting (Batcher.abandon)
+    started: bool = False  # set by the worker when it takes the job into a batch: it runs to completion
 
     def resolve(self, result: Result | None = None, error: BaseException | None = None) -> None:
         """Complete the future from any thread (no-op if the handler gave up)."""
@@ -125,6 +128,16 @@ class Batcher:
                 self._incoming[level] -= 1
                 self._cond.notify()
 
+    def abandon(self, job: Job) -> bool:
+        """Give up ``job`` if it has not been taken into a batch yet (it is then never executed, and neither
+        counted as an image nor in the FLOPs); False if it is already running: its handler then waits for
+        its result and answers it, since the deadline is checked before execution, not during it."""
+        with self._cond:
+            if job.started:
+                return False
+            job.abandoned = True
+            return True
+
     def submit(self, job: Job) -> None:
         """Queue ``job`` or raise ServiceError(queue_full) with Retry-After."""
         with self._cond:
@@ -152,7 +165,10 @@ class Batcher:
         torch.set_num_threads(self.settings.torch_threads)
         try:
             with self._warm_lock:
+                prepare_engine(self.served)
                 warm_up(self.served, self.settings, stop=lambda: self._stopping)
+                report_engine(self.served)  # after warm-up: a fast engine that failed there has fallen back
+            self.metrics.engine_info.labels(self.served.name, self.served.engine).set(1)
         except Exception as exc:  # a model that cannot run is reported by /readyz, not served
             log.exception("warm-up of %s failed", self.served.name)
             self.failed = f"warm-up of {self.served.name} failed: {type(exc).__name__}: {exc}"
@@ -197,7 +213,11 @@ class Batcher:
                     self._size -= 1
                     if job.abandoned:
                         continue
-                    (expired if now >= job.deadline else jobs).append(job)
+                    if now >= job.deadline:
+                        expired.append(job)
+                    else:
+                        job.started = True  # from here on it runs and its handler answers it (abandon)
+                        jobs.append(job)
                 self.metrics.queue_depth.labels(self.served.name).set(self._size)
                 for job in expired:
                     job.resolve(error=ServiceError("timeout", "request deadline passed before it could run"))

@@ -9,6 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 
+#: Seconds uvicorn lets in-flight requests finish after SIGTERM; then the batchers stop (up to 10 s more).
+#: Deployments give the container at least this plus the batcher join (compose stop_grace_period 45 s; k8s
+#: terminationGracePeriodSeconds 60 s, which also covers the preStop sleep).
+GRACEFUL_SHUTDOWN_S = 30
+
 
 def add_command(sub) -> None:
     """Register ``haste serve`` on the ``haste`` command's subparsers."""
@@ -54,13 +59,16 @@ def _run(args: argparse.Namespace) -> int:
     for name in settings.models:
         registry.check(name, settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # One worker process: the metrics registry and the batching queues live in this process.
+    # One worker process: the metrics registry and the batching queues live in this process. The access
+    # log is the service's own (service.middleware: with the request id, probes and scrapes at debug).
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         workers=1,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     return 0

@@ -14,7 +14,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 #: Request latency buckets (seconds): 1 ms to 60 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-RATIO_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+#: Buckets of the per-image FLOPs saved ratio: 0 on its own (level off saves exactly 0; a negative ratio,
+#: overhead above the saving, lands there too: no negative bucket, since prometheus_client then drops the
+#: _sum), 0.01 steps up to 0.5 (the range of the calibrated levels, so a median from histogram_quantile is
+#: within 0.01), then 0.1 steps up to 1.
+RATIO_BUCKETS = (
+    (0.0,) + tuple(round(0.01 * i, 2) for i in range(1, 51)) + tuple(round(0.1 * i, 1) for i in range(6, 11))
+)
 NO_LABEL = "none"
 
 
@@ -86,6 +92,13 @@ class Metrics:
         self.ready = Gauge("haste_ready", "1 when every model is loaded and warmed at every level.", registry=r)
         self.model_info = Gauge(
             "haste_model_info", "Served models (value 1).", ("model", "version", "device"), registry=r
+        )
+        self.engine_info = Gauge(
+            "haste_engine_info",
+            "Engine of each model's HASTE convs, once warm (value 1): cpu (fused C++ kernel), triton (CUDA) or "
+            "reference (the slower PyTorch fallback: GET /v1/models/{name} says why).",
+            ("model", "engine"),
+            registry=r,
         )
 
     def observe_batch(self, model: str, level: str, size: int, seconds: float) -> None:

@@ -3,8 +3,10 @@ to the device, warmed at every level, and described for ``/v1/models``."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 import haste
+import haste.engine
 import haste.zoo
 from haste.preprocess import InputSpec
 
@@ -77,6 +80,10 @@ class ServedModel:
     latency_ms: dict[str, float] = field(default_factory=dict)
     #: level -> mean fraction of dense multiply-adds saved over the images served so far.
     served: dict[str, list[float]] = field(default_factory=dict)
+    #: The engine of the HASTE convs (cpu, triton or reference; None until warm-up ends) and, when it is
+    #: the reference engine, why the fast one is not used (see engine_of).
+    engine: str | None = None
+    engine_unavailable: str | None = None
 
     @property
     def version(self) -> str:
@@ -124,6 +131,8 @@ class ServedModel:
             "num_labels": len(self.labels),
             "test_accuracy": self.card.get("test_accuracy"),
             "flops_dense": self.card.get("flops_dense"),
+            "engine": self.engine,
+            "engine_unavailable": self.engine_unavailable,
         }
 
     def describe(self) -> dict:
@@ -194,6 +203,72 @@ def load(name: str, settings: Settings, device: torch.device) -> ServedModel:
         device=device,
         hyperplanes=_hyperplanes(model),
     )
+
+
+def prepare_engine(served: ServedModel) -> None:
+    """Build the fused CPU kernel now (on CPU, if not built yet), saying so: the first build takes about
+    a minute (torch's cpp_extension compiles haste_cpu.cpp for this processor), later starts load it from
+    TORCH_EXTENSIONS_DIR. Runs in the model's worker thread, before warm-up; /livez answers meanwhile."""
+    if served.device.type != "cpu" or haste.engine._module is not None or haste.engine.unavailable is not None:
+        return
+    if os.environ.get("HASTE_ENGINE", "").lower() == "reference":  # nothing to build (haste.engine._load)
+        return
+    log.info("compiling the fused CPU kernel (first start: about a minute)")
+    start = time.perf_counter()
+    if haste.engine.cpu_kernel_available():
+        log.info("fused CPU kernel ready in %.1f s", time.perf_counter() - start)
+
+
+def engine_of(served: ServedModel) -> tuple[str, str | None]:
+    """(engine, reason): the engine ``haste.engine.choose`` picks for the model's HASTE convs when serving
+    (an input on the model's device, inference mode), ``cpu``, ``triton`` or ``reference``; and when it is
+    ``reference``, why the fast engine is not used (``haste.engine.unavailable`` on CPU,
+    ``haste.engine.triton_failed`` on CUDA). Called after warm-up, whose forwards have tried the fast engine
+    (a Triton that fails there falls back for good). A model without HASTE convs runs ``dense``."""
+    layer = next((m for m in served.model.modules() if isinstance(m, haste.HasteConv2d)), None)
+    if layer is None:
+        return "dense", None
+    weight = layer.conv.weight
+    with torch.inference_mode():
+        x = torch.zeros((1, layer.conv.in_channels, 8, 8), dtype=weight.dtype, device=weight.device)
+        name = haste.engine.choose(x, weight)
+    if name != "reference":
+        return name, None
+    if weight.device.type == "cuda":  # Triton missing, or failed at warm-up (haste.engine.triton_failed)
+        reason = getattr(haste.engine, "triton_failed", None)
+        if reason is None and importlib.util.find_spec("triton") is None:
+            reason = "Triton is not installed"
+    elif weight.dtype != torch.float32:
+        reason = f"the weights are {weight.dtype}; the fused CPU kernel takes float32"
+    else:
+        reason = haste.engine.unavailable
+    return name, reason or getattr(haste.engine, "unavailable", None) or "unknown"
+
+
+#: engine_unavailable in the API is cut to this many characters (a failed build's reason quotes the whole
+#: compiler command); the log has it in full.
+REASON_CHARS = 300
+
+
+def report_engine(served: ServedModel) -> None:
+    """Record ``engine_of`` on ``served`` and log it: an ERROR when the fused kernel could not be used
+    (the reference engine is several times slower), unless HASTE_ENGINE=reference asked for it."""
+    served.engine, reason = engine_of(served)
+    if reason is not None and len(reason) > REASON_CHARS:
+        served.engine_unavailable = reason[: REASON_CHARS - 3] + "..."
+    else:
+        served.engine_unavailable = reason
+    if served.engine != "reference":
+        log.info("%s runs on the %s engine", served.name, served.engine)
+    elif (reason or "").startswith("disabled by"):
+        log.warning("%s runs on the reference engine: %s", served.name, reason)
+    else:
+        log.error(
+            "%s runs on the (several times slower) reference engine: the fused %s kernel is unavailable: %s",
+            served.name,
+            "Triton" if served.device.type == "cuda" else "CPU",
+            reason,
+        )
 
 
 #: Timed batch-1 forwards per level after warm-up; the table reports their median.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -11,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 import haste
 
@@ -22,6 +24,12 @@ from .metrics import NO_LABEL
 from .schemas import ClassifyResponse, ErrorResponse, ModelDetail, ModelList, Status
 from .state import ServiceState
 
+log = logging.getLogger("service")
+
+#: Status counted for a request whose client closed the connection before it could be answered (nginx's
+#: "client closed request"): not a server error, and no reply is sent (there is no one to read it).
+CLIENT_CLOSED_REQUEST = 499
+
 
 def service(request: Request) -> ServiceState:
     return request.app.state.service
@@ -29,7 +37,9 @@ def service(request: Request) -> ServiceState:
 
 class MeteredRoute(APIRoute):
     """Counts every classify request in haste_requests_total / haste_request_duration_seconds with its
-    final status code, including query validation errors and unexpected failures."""
+    final status code, including query validation errors and unexpected failures. A client that closes
+    the connection while its body is being read is counted with code 499 and logged at info level: the
+    client went away, the server did nothing wrong (the 5xx ratio and its alert do not count it)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -50,6 +60,15 @@ class MeteredRoute(APIRoute):
             except RequestValidationError:
                 code = 400
                 raise
+            except ClientDisconnect:
+                code = CLIENT_CLOSED_REQUEST
+                log.info(
+                    "client closed the connection before the request was read: %s %s (request_id=%s)",
+                    request.method,
+                    request.url.path,
+                    request_id_of(request),
+                )
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
             finally:
                 service(request).metrics.observe_request(
                     request.state.metric_model, request.state.metric_level, code, time.perf_counter() - start
@@ -236,12 +255,16 @@ async def classify(
             job = Job(inputs=inputs, level=level, deadline=deadline, future=loop.create_future(), loop=loop)
             batcher.submit(job)
         try:
-            result = await asyncio.wait_for(job.future, timeout=max(deadline - time.monotonic(), 0.0))
+            # shield: a timeout must not cancel the future, which a batch already running will still resolve
+            result = await asyncio.wait_for(asyncio.shield(job.future), timeout=max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
-            job.abandoned = True
-            raise ServiceError("timeout", f"request deadline of {settings.request_deadline_ms:g} ms passed") from None
+            if batcher.abandon(job):  # still queued: dropped before execution, never counted as an image
+                raise ServiceError(
+                    "timeout", f"request deadline of {settings.request_deadline_ms:g} ms passed"
+                ) from None
+            result = await job.future  # its batch was running at the deadline: answer it (it is counted)
         except asyncio.CancelledError:
-            job.abandoned = True
+            batcher.abandon(job)
             raise
     scores, indices = result.probs.topk(top_k)
     saved = result.flops_dense - result.flops_executed

@@ -118,6 +118,14 @@ class ModelSummary(BaseModel):
     device: str
     input: dict
     num_labels: int
+    engine: Literal["cpu", "triton", "reference", "dense"] | None = Field(
+        None,
+        description="Engine of the HASTE convs once warm: cpu (fused C++ kernel), triton (CUDA), reference (the "
+        "slower PyTorch fallback), dense (no converted layer); null while warming up.",
+    )
+    engine_unavailable: str | None = Field(
+        None, description="Why the fast engine is not used, when engine is reference (haste.engine.unavailable)."
+    )
 
 
 class ModelList(BaseModel):

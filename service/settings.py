@@ -37,7 +37,7 @@ class Settings(BaseSettings):
         "such as resnet50:IMAGENET1K_V2 (weights must be in the local torch cache). Comma-separated.",
     )
     default_model: str | None = Field(
-        default=None, description="Model used when a request names none (first of models)."
+        default=None, description="Model used when a request names none (empty or unset: the first of models)."
     )
     default_level: str = Field(default=haste.DEFAULT_LEVEL, description="Level used when a request names none.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = CUDA when available, else CPU.")
@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address `haste serve` binds (0.0.0.0 in containers).")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `haste serve` listens on.")
+    keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        description="Seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive). Longer than "
+        "the idle timeout of the load balancer in front (commonly 60 s), so that the server never closes a "
+        "connection the balancer is about to reuse (a 502 for that request).",
+    )
     log_level: str = Field(
         default="info",
         description="Log level of uvicorn and the service: critical, error, warning, info, debug, trace.",
@@ -99,6 +106,14 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
+
+    @field_validator("default_model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # compose passes ${HASTE_DEFAULT_MODEL:-} and a ConfigMap may carry an empty value: the first model
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("default_level")
     @classmethod

@@ -12,7 +12,14 @@ from haste.preprocess import InputSpec, eight_bit, preprocess
 from haste.zoo.registry import FMNIST_SPEC
 
 FIXTURES = Path(__file__).parent / "fixtures"
-GREY = sorted(p for p in FIXTURES.glob("fmnist-*.png") if Image.open(p).mode == "L")
+
+
+def _mode(path: Path) -> str:
+    with Image.open(path) as image:
+        return image.mode
+
+
+GREY = sorted(p for p in FIXTURES.glob("fmnist-*.png") if _mode(p) == "L")
 RGB_SPEC = InputSpec(mode="RGB", resize=32, crop=32)
 
 
@@ -73,5 +80,5 @@ def test_32_bit_integer_images_are_refused():
 
 def test_8_bit_images_are_untouched():
     for path in [*GREY[:1], FIXTURES / "fmnist-0019-t-shirt-top-rgba.png", FIXTURES / "photo-chelsea.jpg"]:
-        image = Image.open(path)
-        assert eight_bit(image) is image
+        with Image.open(path) as image:
+            assert eight_bit(image) is image

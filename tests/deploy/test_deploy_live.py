@@ -261,6 +261,20 @@ def test_dashboard_numbers_match_the_traffic(prometheus_url, traffic, model):
     assert saved["off"] == 0.0 and 0.0 < saved["low"] <= saved["high"] < 1.0, saved
     (info,) = _query(prometheus_url, "haste_model_info")
     assert info["metric"]["model"] == model and info["metric"]["device"] == "cpu"
+    (engine,) = _query(prometheus_url, "haste_engine_info")
+    assert engine["metric"]["model"] == model and engine["metric"]["engine"] in ("cpu", "reference")
+    # The median per-image saving from the histogram: exactly 0 at level off (its own bucket), and within
+    # a bucket (0.01) of the mean saving the counters give at the other levels (one image, one saving).
+    median = {
+        r["metric"]["level"]: float(r["value"][1])
+        for r in _query(
+            prometheus_url,
+            f"histogram_quantile(0.5, sum by (le, level) (increase(haste_flops_saved_ratio_bucket[{RATE_WINDOW}])))",
+        )
+    }
+    assert median["off"] == 0.0, median
+    for level in ("low", "medium", "high"):
+        assert abs(median[level] - saved[level]) <= 0.02, (level, median, saved)
 
 
 def test_adapter_rule_serves_the_hpa_metric_per_pod(prometheus_url, traffic):

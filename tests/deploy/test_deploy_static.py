@@ -11,13 +11,18 @@ names, and the dashboard's coverage of the service's metrics.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import importlib.util
+import inspect
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
@@ -93,7 +98,7 @@ def test_dockerfile_builds_both_variants_as_non_root_with_healthcheck():
     pyproject = (ROOT / "pyproject.toml").read_text()
     for pin in re.findall(r"(torch(?:vision)?==[\d.]+)", text):
         assert f'"{pin}"' in pyproject, f"{pin} differs from pyproject.toml"
-    assert '".[serve]"' in text
+    assert '[serve]"' in text  # the project with its serve extra
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*\n.*/opt/haste/healthcheck\.py", text, re.M)
@@ -136,6 +141,118 @@ def test_image_install_carries_weights_and_kernel_source(tmp_path):
     assert expected <= names, f"missing from the installed package: {sorted(expected - names)}"
 
 
+def _dockerfile(text: str) -> tuple[dict[str, str], list[dict]]:
+    """The Dockerfile parsed as BuildKit reads it: continuation lines joined, comment lines dropped. Returns
+    the ARG defaults before the first FROM, and the stages in order, each {"name", "base", "env" (its own
+    ENV), "packages" (its own apt-get installs), "instructions" [(INSTRUCTION, arguments)]}."""
+    lines, pending = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not pending):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        lines.append(pending + line)
+        pending = ""
+    args: dict[str, str] = {}
+    stages: list[dict] = []
+    for line in lines:
+        op, _, rest = line.partition(" ")
+        op, rest = op.upper(), rest.strip()
+        if op == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif op == "FROM":
+            match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest, re.I)
+            assert match, line
+            stages.append({"name": match[2], "base": match[1], "env": {}, "packages": set(), "instructions": []})
+        else:
+            stage = stages[-1]
+            stage["instructions"].append((op, rest))
+            if op == "ENV":
+                for word in shlex.split(rest):
+                    key, sep, value = word.partition("=")
+                    assert sep, f"ENV {rest!r}: use the KEY=value form"
+                    stage["env"][key] = value
+            elif op == "RUN":
+                for install in re.findall(r"apt-get install ([^&;|]+)", rest):
+                    stage["packages"] |= {w for w in install.split() if not w.startswith("-")}
+    return args, stages
+
+
+def _image(variant: str) -> dict:
+    """The final stage of the ``VARIANT=variant`` build with what it inherits from the stages it is built on:
+    {"env", "packages", "instructions" (its own)}."""
+    args, stages = _dockerfile(DOCKERFILE.read_text())
+    by_name = {s["name"]: s for s in stages if s["name"]}
+    chain, stage = [], stages[-1]
+    while stage is not None:
+        chain.append(stage)
+        base = stage["base"].replace("${VARIANT}", variant)
+        stage = by_name.get(base)
+    env, packages = {}, set()
+    for stage in reversed(chain):  # the base image first, the final stage last
+        env.update(stage["env"])
+        packages |= stage["packages"]
+    return {"env": env, "packages": packages, "instructions": chain[0]["instructions"], "chain": chain}
+
+
+#: Every cache the image's code writes at run time: torch's cpp_extension builds the fused CPU kernel in
+#: TORCH_EXTENSIONS_DIR; Triton builds its C driver and caches compiled kernels in TRITON_CACHE_DIR, and
+#: reads TRITON_HOME, TRITON_DUMP_DIR and TRITON_OVERRIDE_DIR; matplotlib and other libraries write
+#: MPLCONFIGDIR and XDG_CACHE_HOME. HOME is on the read-only root.
+RUNTIME_CACHES = (
+    "TORCH_EXTENSIONS_DIR", "TRITON_HOME", "TRITON_CACHE_DIR", "TRITON_DUMP_DIR", "TRITON_OVERRIDE_DIR",
+    "MPLCONFIGDIR", "XDG_CACHE_HOME",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["cuda", "cpu"])
+def test_image_has_a_compiler_and_writable_caches_for_its_engine(variant):
+    """The engine of each variant is compiled at run time: Triton's C driver (cuda: gcc and the libc
+    headers) or the fused CPU kernel (cpu: g++); its caches are under /tmp, the writable (and exec)
+    scratch space of the read-only container."""
+    image = _image(variant)
+    assert [s["name"] for s in image["chain"]] == ["runtime", f"torch-{variant}", "python-base"]
+    env = image["env"]
+    for name in RUNTIME_CACHES:
+        assert env.get(name, "").startswith("/tmp/"), f"{name} is {env.get(name)!r}, not under /tmp"
+    assert env["TRITON_CACHE_DIR"].startswith(env["TRITON_HOME"])
+    if variant == "cuda":
+        assert {"gcc", "libc6-dev"} <= image["packages"], image["packages"]
+    else:
+        assert "g++" in image["packages"], image["packages"]
+    for user in (i for op, i in image["instructions"] if op == "USER"):
+        assert user.split(":")[0] not in ("root", "0")
+
+
+def test_cache_variables_are_the_ones_triton_and_torch_read():
+    """A misspelt variable would be silently ignored (and the cache land in the read-only HOME)."""
+    env = _image("cuda")["env"]
+    extension = importlib.util.find_spec("torch.utils.cpp_extension")
+    assert "TORCH_EXTENSIONS_DIR" in env and "'TORCH_EXTENSIONS_DIR'" in Path(extension.origin).read_text()
+    triton = importlib.util.find_spec("triton")
+    if triton is None:
+        pytest.skip("triton is not installed here")
+    knobs = (Path(triton.origin).parent / "knobs.py").read_text()
+    for name in (n for n in env if n.startswith("TRITON_")):
+        assert f'"{name}"' in knobs, f"{name} is not one of triton's knobs"
+
+
+def test_runtime_stage_installs_the_project_without_a_layer_copy():
+    """The sources and weights are copied in the wheel stage only; the runtime stage installs the wheel
+    through a bind mount, so its layers do not keep the weights a second time."""
+    image = _image("cpu")
+    copies = [args for op, args in image["instructions"] if op == "COPY"]
+    assert copies == ["docker/healthcheck.py /opt/haste/healthcheck.py"], copies
+    install = next(args for op, args in image["instructions"] if op == "RUN" and "pip install" in args)
+    assert re.match(r"--mount=type=bind,from=(\w+),", install)
+    _, stages = _dockerfile(DOCKERFILE.read_text())
+    source = {s["name"]: s for s in stages}[re.match(r"--mount=type=bind,from=(\w+),", install)[1]]
+    assert any(op == "RUN" and "pip wheel" in args for op, args in source["instructions"])
+
+
 # --- YAML -------------------------------------------------------------------------------------------
 
 
@@ -165,19 +282,48 @@ def _check_service_monitor(monitor: dict, service: dict) -> None:
         assert re.fullmatch(r"\d+s", endpoint["interval"]) and re.fullmatch(r"\d+s", endpoint["scrapeTimeout"])
 
 
+def _check_prometheus_rule(rule: dict, tmp_path) -> None:
+    """kubernetes-validate has no schema for this CRD either: the fields the Prometheus Operator reads, and
+    its groups are the compose stack's alert rules (docker/prometheus/rules.yml), checked by promtool."""
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["name"]
+    assert set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == _load_yaml("docker/prometheus/rules.yml")["groups"], (
+        "k8s/base/prometheusrule.yaml differs from docker/prometheus/rules.yml"
+    )
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules", "limit", "partial_response_strategy"}
+        for alert in group["rules"]:
+            assert set(alert) <= {"alert", "record", "expr", "for", "labels", "annotations", "keep_firing_for"}
+    extracted = tmp_path / "prometheusrule-groups.yml"
+    extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    proc = run([find_tool("promtool"), "check", "rules", str(extracted)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("variant", ["base", "cpu"])
-def test_manifests_pass_kubernetes_validate(rendered, variant):
+def test_manifests_pass_kubernetes_validate(rendered, variant, tmp_path):
     docs = rendered[variant]
     assert {d["kind"] for d in docs} == {
-        "ConfigMap", "Deployment", "Service", "ServiceMonitor", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+        "ConfigMap", "Deployment", "Service", "ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
     }  # fmt: skip
     for doc in docs:
-        if doc["kind"] == "ServiceMonitor":
+        if doc["kind"] in ("ServiceMonitor", "PrometheusRule"):
             with pytest.raises(kubernetes_validate.SchemaNotFoundError):
                 kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-            _check_service_monitor(doc, _by_kind(docs, "Service"))
+            if doc["kind"] == "ServiceMonitor":
+                _check_service_monitor(doc, _by_kind(docs, "Service"))
+            else:
+                _check_prometheus_rule(doc, tmp_path)
         else:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_prometheus_rule_check_bites(tmp_path):
+    rule = yaml.safe_load((ROOT / "k8s" / "base" / "prometheusrule.yaml").read_text())
+    rule["spec"]["groups"][0]["rules"][0]["expr"] = 'up{job="haste"} =='  # broken PromQL
+    with pytest.raises(AssertionError):
+        _check_prometheus_rule(rule, tmp_path)
 
 
 def test_kubernetes_validate_rejects_a_mistake(rendered):
@@ -222,14 +368,14 @@ def test_deployment_gpu_probes_security_and_drain(rendered):
         assert security["capabilities"]["drop"] == ["ALL"]
         assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])  # writable scratch space
         sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-        assert spec["terminationGracePeriodSeconds"] >= sleep + 20, "no time left to finish in-flight requests"
-        # Scrape annotations point at the container's port; the Service's named metrics port too.
-        (port,) = container["ports"]
-        annotations = pod["metadata"]["annotations"]
-        assert (
-            annotations["prometheus.io/scrape"] == "true"
-            and int(annotations["prometheus.io/port"]) == port["containerPort"]
+        drain = sleep + _shutdown_seconds()
+        assert spec["terminationGracePeriodSeconds"] >= drain + 5, (
+            f"preStop {sleep} s + uvicorn drain and batcher stop {_shutdown_seconds()} s do not fit in "
+            f"terminationGracePeriodSeconds {spec['terminationGracePeriodSeconds']}"
         )
+        # Scraped through the ServiceMonitor only (no prometheus.io/* annotations: no double scrape).
+        (port,) = container["ports"]
+        assert not [a for a in pod["metadata"].get("annotations", {}) if a.startswith("prometheus.io/")]
         service = _by_kind(docs, "Service")
         assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
         metrics_port = next(p for p in service["spec"]["ports"] if p["name"] == "metrics")
@@ -239,6 +385,58 @@ def test_deployment_gpu_probes_security_and_drain(rendered):
         configmap = _by_kind(docs, "ConfigMap")
         assert container["envFrom"] == [{"configMapRef": {"name": configmap["metadata"]["name"]}}]
         assert configmap["data"]["HASTE_DEVICE"] == ("cuda" if variant == "base" else "cpu")
+
+
+def _shutdown_seconds() -> int:
+    """What the service takes to stop after SIGTERM at most: uvicorn's graceful drain (service.cli) and
+    then the batcher threads' join (Batcher.stop's timeout)."""
+    cli = pytest.importorskip("service.cli", reason="the service is not there yet")
+    batching = pytest.importorskip("service.batching")
+    join = inspect.signature(batching.Batcher.stop).parameters["timeout"].default
+    return int(cli.GRACEFUL_SHUTDOWN_S + join)
+
+
+def test_a_drain_never_takes_the_last_pod(rendered):
+    for docs in rendered.values():
+        hpa, pdb = _by_kind(docs, "HorizontalPodAutoscaler"), _by_kind(docs, "PodDisruptionBudget")
+        assert "maxUnavailable" not in pdb["spec"] and pdb["spec"]["minAvailable"] >= 1
+        assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"], "a drain could not evict any pod"
+
+
+def test_cpu_overlay_threads_fit_the_cpu_limit(rendered):
+    """torch's intra-op threads and the decode threads run at once: more than the CPU limit are throttled."""
+    docs = rendered["cpu"]
+    data = _by_kind(docs, "ConfigMap")["data"]
+    (container,) = _by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    limit = float(container["resources"]["limits"]["cpu"])
+    settings = pytest.importorskip("service.settings").Settings
+    decode = int(data.get("HASTE_DECODE_THREADS", settings.model_fields["decode_threads"].default))
+    assert int(data["HASTE_TORCH_THREADS"]) + decode <= limit
+
+
+def test_configmap_is_generated_so_that_a_change_rolls_the_pods(rendered, tmp_path):
+    """The ConfigMap's name carries a hash of its data (kustomize configMapGenerator) and the Deployment
+    refers to that name: a changed setting is a new name, so a new pod template, so a rollout."""
+    names = {}
+    for variant, docs in rendered.items():
+        name = _by_kind(docs, "ConfigMap")["metadata"]["name"]
+        assert re.fullmatch(r"haste-config-[a-z0-9]{10}", name), name
+        (container,) = _by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+        assert container["envFrom"] == [{"configMapRef": {"name": name}}]
+        names[variant] = name
+    copy_root = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", copy_root)
+    env = copy_root / "base" / "haste.env"
+    env.write_text(env.read_text().replace("HASTE_DEFAULT_LEVEL=medium", "HASTE_DEFAULT_LEVEL=high"))
+    for variant, path in (("base", "base"), ("cpu", "overlays/cpu")):
+        proc = run([find_tool("kubectl"), "kustomize", str(copy_root / path)])
+        assert proc.returncode == 0, proc.stderr
+        docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+        configmap = _by_kind(docs, "ConfigMap")
+        assert configmap["data"]["HASTE_DEFAULT_LEVEL"] == "high"
+        assert configmap["metadata"]["name"] != names[variant]
+        (container,) = _by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+        assert container["envFrom"] == [{"configMapRef": {"name": configmap["metadata"]["name"]}}]
 
 
 def test_hpa_scales_on_the_adapter_metric(rendered):
@@ -279,11 +477,42 @@ def test_compose_files_match_the_compose_spec(path):
     assert not errors, errors
 
 
-def _interpolate_defaults(text: str) -> str:
-    """Compose's variable interpolation with every variable unset: ``${NAME:-default}`` -> default."""
-    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+def _interpolate_defaults(text: str, env: dict[str, str] | None = None) -> str:
+    """Compose's variable interpolation with the variables of ``env`` set and every other one unset:
+    ``${NAME:-default}`` -> env's NAME if set and not empty, else default."""
+    text = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: (env or {}).get(m[1]) or m[2], text)
     assert "${" not in text, "a variable without a default"
     return text
+
+
+def _settings_from(environment: dict, monkeypatch) -> object:
+    """service.settings.Settings() in an environment holding exactly these HASTE_* variables (a YAML null,
+    what an empty interpolation leaves, is the empty string compose passes)."""
+    settings = pytest.importorskip("service.settings", reason="service/settings.py not there yet")
+    for name in [n for n in os.environ if n.startswith("HASTE_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, "" if value is None else str(value))
+    return settings.Settings()
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_serves_a_model_set_alone_in_haste_models(path, monkeypatch):
+    """`HASTE_MODELS=fmnist-resnet18 docker compose up`: the api's settings are valid and the default model
+    is that one (a pinned HASTE_DEFAULT_MODEL default would crash-loop: not one of the models)."""
+    text = _interpolate_defaults((ROOT / path).read_text(), {"HASTE_MODELS": "fmnist-resnet18"})
+    settings = _settings_from(yaml.safe_load(text)["services"]["api"]["environment"], monkeypatch)
+    assert settings.models == ["fmnist-resnet18"] and settings.default_model == "fmnist-resnet18"
+    text = _interpolate_defaults((ROOT / path).read_text())
+    assert _settings_from(yaml.safe_load(text)["services"]["api"]["environment"], monkeypatch).default_model == (
+        "fmnist-resnet34"
+    )
+
+
+def test_configmap_serves_a_model_set_alone_in_haste_models(rendered, monkeypatch):
+    for docs in rendered.values():
+        data = dict(_by_kind(docs, "ConfigMap")["data"], HASTE_MODELS="fmnist-resnet18")
+        assert _settings_from(data, monkeypatch).default_model == "fmnist-resnet18"
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES)
@@ -298,6 +527,20 @@ def test_compose_files_parse_with_a_strict_compose_parser(path):
         PyCompose.from_yaml(
             _interpolate_defaults((ROOT / path).read_text()).replace("start_period: 120s", "start_period: soon")
         )
+
+
+def test_compose_drain_fits_the_stop_grace_period_and_dashboards_stay_local():
+    """docker stop waits stop_grace_period before SIGKILL: the service's drain must fit, with margin.
+    Prometheus (no auth) and Grafana (admin/admin, anonymous viewers) are published on the host's
+    loopback only; the API is the one public port."""
+    for path in COMPOSE_FILES:
+        api = _load_yaml(path)["services"]["api"]
+        grace = re.fullmatch(r"(\d+)s", api["stop_grace_period"])
+        assert grace and int(grace[1]) >= _shutdown_seconds() + 5, api["stop_grace_period"]
+    gpu = _load_yaml("docker/compose.yaml")
+    for name in ("prometheus", "grafana"):
+        for port in gpu["services"][name]["ports"]:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
 
 
 def test_compose_schema_rejects_a_mistake():
@@ -335,6 +578,22 @@ def test_compose_gpu_and_cpu_stacks():
                     assert (ROOT / "docker" / source).is_dir(), f"{name} mounts missing {source}"
                 else:
                     assert source in compose["volumes"], f"named volume {source} not declared"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_tmp_allows_exec_for_the_compiled_kernels(path):
+    """The image's caches (RUNTIME_CACHES) are under /tmp and the compiled kernels are mapped from there:
+    Docker mounts a tmpfs noexec unless its options say exec (the short syntax is the only one that can;
+    a `type: tmpfs` volume is always noexec), and mode 1777 lets the non-root user write it."""
+    api = _load_yaml(path)["services"]["api"]
+    (entry,) = [t for t in api["tmpfs"] if t.split(":")[0] == "/tmp"]
+    options = entry.partition(":")[2].split(",")
+    assert "exec" in options and "noexec" not in options, entry
+    assert "mode=1777" in options, entry
+    tmp_volumes = [v for v in api.get("volumes", []) if (v["target"] if isinstance(v, dict) else v) == "/tmp"]
+    assert not tmp_volumes, "a second mount on /tmp"
+    env = _image(api["build"]["args"]["VARIANT"])["env"]
+    assert all(env[name].startswith("/tmp/") for name in RUNTIME_CACHES)
 
 
 def _importable(name: str) -> bool:
@@ -415,3 +674,51 @@ def test_dashboard_covers_every_service_metric_and_the_required_panels():
         "% flops saved by level", "batch size", "queue depth", "errors by code", "readiness", "gpu utilisation",
     ):  # fmt: skip
         assert needed in titles, f"no panel for {needed!r}"
+
+
+def test_dashboard_honours_the_model_variable_and_keeps_errors_out_of_latency():
+    """Every series but haste_ready (no model label) is filtered by $model; latency quantiles per level are
+    of successful requests at real levels (errors are fast and would pull them down; level "none" is not a
+    level); the error-ratio stat counts what the HasteServerErrors alert counts (5xx); the models table
+    shows the engine."""
+    panels = {p["title"]: p for p in _panels()}
+    for panel in panels.values():
+        for target in panel.get("targets", []):
+            for name, selector in re.findall(r"\b(haste_[a-z_]+)(\{[^}]*\})?", target["expr"]):
+                if name != "haste_ready":
+                    assert 'model=~"$model"' in selector, f"{panel['title']}: {name} ignores $model"
+    latency = panels["Latency p50 / p95 / p99 by level"]["targets"]
+    assert len(latency) == 3
+    for target in latency:
+        (selector,) = re.findall(r"haste_request_duration_seconds_bucket(\{[^}]*\})", target["expr"])
+        assert 'code="200"' in selector and 'level=~"off|low|medium|high"' in selector, target["expr"]
+        assert "sum by (le, level)" in target["expr"]
+    rules = _load_yaml("docker/prometheus/rules.yml")["groups"][0]["rules"]
+    (alert,) = [r for r in rules if r["alert"] == "HasteServerErrors"]
+    assert 'code=~"5.."' in alert["expr"]
+    (ratio,) = [p for title, p in panels.items() if title.startswith("Error ratio")]
+    (target,) = ratio["targets"]
+    numerator, denominator = target["expr"].split(" / ")
+    assert 'code=~"5.."' in numerator and "code" not in denominator and "5xx" in ratio["title"]
+    models = " ".join(t["expr"] for t in panels["Models loaded"]["targets"])
+    assert "haste_model_info" in models and "haste_engine_info" in models
+
+
+def test_image_leaves_out_only_research_weights_never_a_deployed_default():
+    """Dockerfile.dockerignore keeps the two research models' weights out of the image (size); the models the
+    compose files and the ConfigMap serve by default are in it."""
+    ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    excluded_patterns = [line for line in ignore if line.startswith("haste/zoo/weights/")]
+    weights = [str(p.relative_to(ROOT)) for p in (ROOT / "haste" / "zoo" / "weights").iterdir()]
+    excluded = {w for w in weights for pattern in excluded_patterns if fnmatch.fnmatch(w, pattern)}
+    assert {Path(w).name.split(".")[0] for w in excluded} <= {"fmnist-resnet34-w64", "fmnist-resnet34-w16-e40"}
+    defaults = {"fmnist-resnet34"}
+    for path in COMPOSE_FILES:
+        models = _interpolate_defaults((ROOT / path).read_text())
+        defaults |= set(yaml.safe_load(models)["services"]["api"]["environment"]["HASTE_MODELS"].split(","))
+    for line in (ROOT / "k8s" / "base" / "haste.env").read_text().splitlines():
+        if line.startswith("HASTE_MODELS="):
+            defaults |= set(line.split("=", 1)[1].split(","))
+    for model in defaults:
+        shipped = [w for w in weights if Path(w).name.split(".")[0] == model]
+        assert shipped and not set(shipped) & excluded, f"{model} is served by default but not in the image"

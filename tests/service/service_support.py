@@ -66,12 +66,13 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m haste.cli serve`` in a subprocess, configured through HASTE_* variables."""
+    """``python -m haste.cli serve`` in a subprocess, configured through HASTE_* variables (``settings``)
+    and other environment variables (``env``)."""
 
-    def __init__(self, **settings: object) -> None:
+    def __init__(self, env: dict[str, str] | None = None, **settings: object) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **BASE_ENV, "HASTE_MODELS": str(MODEL)}
+        env = {**os.environ, **BASE_ENV, "HASTE_MODELS": str(MODEL), **(env or {})}
         if WEIGHTS_DIR is not None:
             env["HASTE_WEIGHTS_DIR"] = str(WEIGHTS_DIR)
         env.update({f"HASTE_{k.upper()}": str(v) for k, v in settings.items()})

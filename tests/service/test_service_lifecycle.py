@@ -5,6 +5,7 @@ stops `haste serve` at once with one line naming the setting (exit status 2)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import select
 import time
@@ -160,6 +161,55 @@ def test_a_trickling_upload_is_answered_at_its_deadline_not_after_it_ends(slow_s
             sent += 1
         assert sent < len(PNG), "the reply came only after the whole body"
         assert_timeout_reply(sock)
+
+
+def post_high(client: httpx.Client) -> httpx.Response:
+    return client.post("/v1/classify", params={"level": "high"}, content=PNG, headers={"Content-Type": "image/png"})
+
+
+def _delta(before: dict, after: dict, labels: dict, name: str, **extra: str) -> float:
+    return sample(after, name, **labels, **extra) - sample(before, name, **labels, **extra)
+
+
+def test_a_request_whose_batch_runs_at_its_deadline_is_answered_and_counted_once():
+    """The audit's case: a 120 ms deadline, 60 concurrent requests, on the slower reference engine so that
+    batches take a while. A request taken into a batch before its deadline runs to completion and is
+    answered 200 even when the batch ends after the deadline; a request still queued at its deadline is
+    dropped, answered 504 and never executed. So the images and FLOPs counted are exactly those of the 200
+    replies, whatever the timing. Rounds repeat until one request was answered after its deadline (the
+    case of interest), at most 5."""
+    require_model()
+    deadline_ms = 120
+    srv = Server(request_deadline_ms=deadline_ms, max_batch_size=8, max_batch_delay_ms=5,
+                 env={"HASTE_ENGINE": "reference"})  # fmt: skip
+    labels = {"model": MODEL, "level": "high"}
+    try:
+        srv.wait()
+        with httpx.Client(base_url=srv.url, timeout=30) as c, ThreadPoolExecutor(60) as pool:
+            late = 0
+            for _ in range(5):
+                before = metrics(c)
+                replies = list(pool.map(post_high, [c] * 60))
+                ok = [r.json() for r in replies if r.status_code == 200]
+                timeouts = [r for r in replies if r.status_code == 504]
+                assert len(ok) + len(timeouts) == 60, sorted({r.status_code for r in replies})
+                after = metrics(c)
+                delta = functools.partial(_delta, before, after, labels)
+                assert delta("haste_requests_total", code="200") == len(ok)
+                assert delta("haste_requests_total", code="504") == len(timeouts)
+                assert delta("haste_images_total") == len(ok), (len(ok), len(timeouts))
+                assert delta("haste_flops_dense_total") == pytest.approx(sum(r["compute"]["flops_dense"] for r in ok))
+                assert delta("haste_flops_executed_total") == pytest.approx(
+                    sum(r["compute"]["flops_executed"] for r in ok)
+                )
+                # answered after its deadline (plus a margin for the time before admission): its batch was running
+                late += sum(r["timing_ms"]["total"] > deadline_ms + 10 for r in ok)
+                if late:
+                    break
+            assert late, "no request was answered after its deadline: the case was not exercised"
+            assert sample(metrics(c), "haste_inflight_requests", model=MODEL) == 0
+    finally:
+        srv.stop()
 
 
 BAD_SETTINGS = {

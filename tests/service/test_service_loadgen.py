@@ -1,20 +1,42 @@
 """scripts/loadgen.py against the shared server with a tiny sweep: JSON per (concurrency, level) and the
-README table; non-loopback targets are refused."""
+README table; non-loopback targets are refused; bad arguments, a server that is down, an unknown model or
+level end with one line and exit status 2 before anything is written; the JSON is strict (null, never NaN);
+the default output is in the current directory, never the committed results."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from service_support import MODEL
+import httpx
+import pytest
+from service_support import MODEL, free_port
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "loadgen.py"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "loadgen.py"
 
 
-def loadgen(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+def loadgen(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("loadgen", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_one_line_error(run: subprocess.CompletedProcess, *words: str) -> None:
+    assert run.returncode == 2, (run.returncode, run.stdout, run.stderr)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error: " in lines[0] and "Traceback" not in run.stderr, run.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
 
 
 def test_sweep_writes_json_and_table(server, tmp_path):
@@ -44,3 +66,70 @@ def test_sweep_writes_json_and_table(server, tmp_path):
 def test_refuses_non_loopback_servers():
     run = loadgen("run", "--url", "http://example.com:8000", "--requests", "1")
     assert run.returncode != 0 and "loopback" in run.stderr
+
+
+BAD_ARGUMENTS = {
+    "port not a number": (["--url", "http://127.0.0.1:notaport"], ["port"]),
+    "not http": (["--url", "ftp://127.0.0.1/x"], ["http://"]),
+    "concurrency not a number": (["--concurrency", "abc"], ["--concurrency", "abc"]),
+    "concurrency trailing comma": (["--concurrency", "1,"], ["--concurrency", "1,"]),
+    "concurrency 0": (["--concurrency", "0,8"], ["from 1 to 512"]),
+    "missing image": (["--images", "no-such-image.png"], ["no-such-image.png", "no such file"]),
+    "unknown level": (["--levels", "off,max"], ["'max'", "off, low, medium, high"]),
+    "zero rounds": (["--rounds", "0"], ["--rounds", "from 1"]),
+    "zero requests": (["--requests", "0"], ["--requests"]),
+    "bad env": (["--spawn", "--env", "MAX_BATCH=4"], ["HASTE_"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARGUMENTS))
+def test_bad_arguments_end_with_one_line_and_write_nothing(case, tmp_path):
+    args, words = BAD_ARGUMENTS[case]
+    assert_one_line_error(loadgen("run", *args, cwd=tmp_path), *words)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_server_that_is_down_is_one_line_not_a_traceback(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert_one_line_error(loadgen("run", "--url", url, cwd=tmp_path), "cannot query the server", url)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_model_the_server_does_not_serve_stops_before_the_sweep(server, tmp_path):
+    run = loadgen("run", "--url", server.url, "--model", "nope", "--requests", "1", cwd=tmp_path)
+    assert_one_line_error(run, "'nope' is not served", str(MODEL))
+    assert not list(tmp_path.iterdir())
+
+
+def test_default_output_is_in_the_current_directory_not_the_committed_results(server, tmp_path):
+    committed = ROOT / "results" / f"loadgen-{MODEL}.json"
+    before = committed.read_bytes() if committed.exists() else None
+    run = loadgen("run", "--url", server.url, "--model", str(MODEL), "--levels", "off", "--concurrency", "1",
+                  "--requests", "2", "--warmup", "0", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / f"loadgen-{MODEL}.json").read_text())["meta"]["model"] == MODEL
+    assert (committed.read_bytes() if committed.exists() else None) == before
+
+
+def test_a_cell_without_successes_is_strict_json_with_nulls_and_renders():
+    loadgen_module = _module()
+    cell = loadgen_module.Cell(1, "off")
+    cell.codes["ConnectError"] += 3
+    cell.seconds = 1.0
+    row = cell.result()
+    assert row["latency_ms"] == dict.fromkeys(("p50", "p90", "p95", "p99", "mean", "max"))
+    assert row["rps"] == 0 and row["ok"] == 0 and row["requests"] == 3
+    text = json.dumps({"results": [row]}, allow_nan=False)  # raises on NaN
+    meta = {"model": MODEL, "device": "cpu", "requests_per_cell": 3, "rounds": 1, "host": {"cpus": 2}, "command": "x"}
+    rendered = loadgen_module.table({"meta": meta, "results": json.loads(text)["results"]})
+    assert "| 1 | off | 0.0 | - | - | - | - | - | - | 3 |" in rendered
+
+
+def test_a_failed_metrics_scrape_does_not_stop_the_sweep():
+    loadgen_module = _module()
+
+    async def scrape():
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port()}", timeout=5) as client:
+            return await loadgen_module.scrape_batch_stats(client, str(MODEL))
+
+    assert asyncio.run(scrape()) is None

@@ -7,6 +7,7 @@ import pytest
 from service_support import FIXTURES, MANIFEST, MODEL, metrics, sample
 
 import haste
+from service.metrics import RATIO_BUCKETS
 
 PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
 LEVELS = list(haste.LEVELS)
@@ -90,6 +91,11 @@ def test_counts_and_flops_match_the_requests_sent(client):
         assert delta("haste_flops_executed_total", **ml) == pytest.approx(sum(c["flops_executed"] for c in compute))
         assert delta("haste_flops_saved_total", **ml) == pytest.approx(sum(max(c["flops_saved"], 0) for c in compute))
         assert delta("haste_flops_saved_ratio_sum", **ml) == pytest.approx(sum(c["saved_ratio"] for c in compute))
+        for le in RATIO_BUCKETS:  # every image in the right bucket; level off's exactly 0 in le="0.0"
+            below = sum(c["saved_ratio"] <= le for c in compute)
+            assert delta("haste_flops_saved_ratio_bucket", **ml, le=str(le)) == below, (level, le)
+        if level == "off":
+            assert delta("haste_flops_saved_ratio_bucket", **ml, le="0.0") == n
         total_s = sum(r["timing_ms"]["total"] for r in replies[level]) / 1000
         assert delta("haste_request_duration_seconds_sum", **ml, code="200") >= total_s * 0.99
     for _, model, level, code in errors:  # distinct label sets, one request each
@@ -97,6 +103,14 @@ def test_counts_and_flops_match_the_requests_sent(client):
         assert delta("haste_request_duration_seconds_count", model=model, level=level, code=code) == 1
     assert sample(after, "haste_inflight_requests", model=MODEL) == 0
     assert sample(after, "haste_queue_depth", model=MODEL) == 0
+
+
+def test_saved_ratio_buckets_resolve_level_off_and_the_calibrated_savings():
+    """A 0 bucket (level off saves exactly 0, so its median is 0, not half the first bucket) and 0.01 steps
+    over the calibrated range: a median per image read from the histogram is within 0.01 of the truth."""
+    assert RATIO_BUCKETS[0] == 0.0 and list(RATIO_BUCKETS) == sorted(set(RATIO_BUCKETS)) and RATIO_BUCKETS[-1] == 1.0
+    fine = [b for b in RATIO_BUCKETS if 0 <= b <= 0.5]
+    assert max(b - a for a, b in zip(fine, fine[1:])) <= 0.01 + 1e-12 and fine[-1] == 0.5
 
 
 def test_metrics_and_health_requests_are_not_counted_as_classify_requests(client):

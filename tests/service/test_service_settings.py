@@ -47,6 +47,17 @@ def test_defaults_serve_the_resnet34_reference_model(monkeypatch):
     assert s.models == ["fmnist-resnet34"] and s.default_model == "fmnist-resnet34" and s.port == 8000
 
 
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_default_model_means_the_first_of_models(monkeypatch, empty):
+    """compose passes HASTE_DEFAULT_MODEL=${HASTE_DEFAULT_MODEL:-}: setting only HASTE_MODELS must work."""
+    monkeypatch.setenv("HASTE_MODELS", "fmnist-resnet18")
+    monkeypatch.setenv("HASTE_DEFAULT_MODEL", empty)
+    assert Settings().default_model == "fmnist-resnet18"
+    monkeypatch.setenv("HASTE_DEFAULT_MODEL", "fmnist-resnet34")  # a real pin still has to be served
+    with pytest.raises(ValidationError, match="is not one of models"):
+        Settings()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
