@@ -3,10 +3,8 @@ to the device, warmed at every level, and described for ``/v1/models``."""
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -211,7 +209,7 @@ def prepare_engine(served: ServedModel) -> None:
     TORCH_EXTENSIONS_DIR. Runs in the model's worker thread, before warm-up; /livez answers meanwhile."""
     if served.device.type != "cpu" or haste.engine._module is not None or haste.engine.unavailable is not None:
         return
-    if os.environ.get("HASTE_ENGINE", "").lower() == "reference":  # nothing to build (haste.engine._load)
+    if haste.engine.env_setting() == "reference":  # nothing to build
         return
     log.info("compiling the fused CPU kernel (first start: about a minute)")
     start = time.perf_counter()
@@ -220,29 +218,17 @@ def prepare_engine(served: ServedModel) -> None:
 
 
 def engine_of(served: ServedModel) -> tuple[str, str | None]:
-    """(engine, reason): the engine ``haste.engine.choose`` picks for the model's HASTE convs when serving
-    (an input on the model's device, inference mode), ``cpu``, ``triton`` or ``reference``; and when it is
-    ``reference``, why the fast engine is not used (``haste.engine.unavailable`` on CPU,
-    ``haste.engine.triton_failed`` on CUDA). Called after warm-up, whose forwards have tried the fast engine
-    (a Triton that fails there falls back for good). A model without HASTE convs runs ``dense``."""
+    """(engine, reason): what ``haste.engine.explain`` says of the model's HASTE convs when serving (an input
+    on the model's device, inference mode): ``cpu``, ``triton`` or ``reference`` and, for ``reference``, why.
+    Called after warm-up, whose forwards have tried the fast engine (a Triton that fails there falls back for
+    good). A model without HASTE convs runs ``dense``."""
     layer = next((m for m in served.model.modules() if isinstance(m, haste.HasteConv2d)), None)
     if layer is None:
         return "dense", None
     weight = layer.conv.weight
     with torch.inference_mode():
         x = torch.zeros((1, layer.conv.in_channels, 8, 8), dtype=weight.dtype, device=weight.device)
-        name = haste.engine.choose(x, weight)
-    if name != "reference":
-        return name, None
-    if weight.device.type == "cuda":  # Triton missing, or failed at warm-up (haste.engine.triton_failed)
-        reason = getattr(haste.engine, "triton_failed", None)
-        if reason is None and importlib.util.find_spec("triton") is None:
-            reason = "Triton is not installed"
-    elif weight.dtype != torch.float32:
-        reason = f"the weights are {weight.dtype}; the fused CPU kernel takes float32"
-    else:
-        reason = haste.engine.unavailable
-    return name, reason or getattr(haste.engine, "unavailable", None) or "unknown"
+        return haste.engine.explain(x, weight)
 
 
 #: engine_unavailable in the API is cut to this many characters (a failed build's reason quotes the whole

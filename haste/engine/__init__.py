@@ -66,6 +66,18 @@ class _DropCudaHomeNotice(logging.Filter):
         return not record.getMessage().startswith("No CUDA runtime is found")
 
 
+def env_setting() -> str:
+    """HASTE_ENGINE, lower-cased: "" (unset or empty), "auto" (the same) or "reference" (never build or use the
+    fused CPU kernel); ValueError for anything else, so that a typo does not pass for the default."""
+    setting = os.environ.get("HASTE_ENGINE", "")
+    if setting.lower() not in ("", "auto", "reference"):
+        raise ValueError(
+            "HASTE_ENGINE must be unset, auto (the fused CPU kernel where it applies) or reference (never "
+            f"build or use the fused CPU kernel); got {setting!r}"
+        )
+    return setting.lower()
+
+
 def _load():
     """The CPU kernel, compiled once per machine, checkout and environment; None (reason in ``unavailable``)
     when it cannot be built or HASTE_ENGINE=reference; ValueError for another HASTE_ENGINE than unset, empty,
@@ -75,13 +87,7 @@ def _load():
         return _module
     with _lock:
         if _module is None and unavailable is None:
-            setting = os.environ.get("HASTE_ENGINE", "")
-            if setting.lower() not in ("", "auto", "reference"):  # a typo must not pass for the default
-                raise ValueError(
-                    "HASTE_ENGINE must be unset, auto (the fused CPU kernel where it applies) or reference (never "
-                    f"build or use the fused CPU kernel); got {setting!r}"
-                )
-            if setting.lower() == "reference":
+            if env_setting() == "reference":
                 unavailable = "disabled by HASTE_ENGINE=reference"
                 return None
             try:
@@ -149,18 +155,29 @@ def forced(name: str) -> Iterator[None]:
 
 
 def choose(x: torch.Tensor, weight: torch.Tensor) -> str:
-    """The engine for this call: ``cpu`` or ``reference`` (see the module docstring)."""
+    """The engine for this call: ``cpu``, ``triton`` or ``reference`` (see the module docstring)."""
+    return explain(x, weight)[0]
+
+
+def explain(x: torch.Tensor, weight: torch.Tensor) -> tuple[str, str | None]:
+    """(the engine ``choose`` picks for this call, and when it is ``reference``, why no fused engine runs)."""
     forced_engine = _forced.get()
     if forced_engine in ("reference", "triton"):
-        return forced_engine
+        return forced_engine, "forced by haste.engine.forced" if forced_engine == "reference" else None
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return "reference"  # the only differentiable engine
+        return "reference", "gradients are needed (the reference is the only differentiable engine)"
     device = x.device.type
     if device == "cuda":
-        return "triton" if _triton_available() and triton_failed is None else "reference"
-    if device == "cpu" and x.dtype == weight.dtype == torch.float32 and _load() is not None:
-        return "cpu"
-    return "reference"
+        if triton_failed is not None:
+            return "reference", triton_failed
+        return ("triton", None) if _triton_available() else ("reference", "Triton is not installed")
+    if device != "cpu":
+        return "reference", f"no fused engine for {device} tensors"
+    if not x.dtype == weight.dtype == torch.float32:
+        return "reference", f"the fused CPU kernel takes float32 (input {x.dtype}, weights {weight.dtype})"
+    if _load() is None:
+        return "reference", unavailable
+    return "cpu", None
 
 
 def weight_layout(weight: torch.Tensor) -> torch.Tensor:

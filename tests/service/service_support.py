@@ -25,6 +25,8 @@ from haste.preprocess import InputSpec, preprocess
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+#: The bytes of the first fixture image (a Fashion-MNIST PNG), for requests that need any valid image.
+PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
 WEIGHTS_DIR = Path(os.environ["HASTE_TEST_WEIGHTS_DIR"]) if os.environ.get("HASTE_TEST_WEIGHTS_DIR") else None
 
 

@@ -5,11 +5,9 @@ reference engine), on servers that really build (or fail to build) the CPU kerne
 from __future__ import annotations
 
 import httpx
-from service_support import FIXTURES, MANIFEST, MODEL, Server, metrics, require_model, sample
+from service_support import MODEL, PNG, Server, metrics, require_model, sample
 
 import haste.engine
-
-PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
 
 
 def test_the_models_api_and_metrics_name_the_engine(client):

@@ -10,10 +10,9 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from service_support import FIXTURES, MANIFEST, MODEL, assert_error
+from service_support import FIXTURES, MANIFEST, MODEL, PNG, assert_error
 
 MAX_BYTES = 1024 * 1024  # BASE_ENV's HASTE_MAX_BYTES
-PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
 JPEG = (FIXTURES / "photo-chelsea.jpg").read_bytes()
 
 

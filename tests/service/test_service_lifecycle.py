@@ -15,9 +15,8 @@ import httpx
 import pytest
 import torch
 from service_support import (
-    FIXTURES,
-    MANIFEST,
     MODEL,
+    PNG,
     Server,
     assert_error,
     metrics,
@@ -27,7 +26,6 @@ from service_support import (
     start_upload,
 )
 
-PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
 DEADLINE_S = 1.0
 
 

@@ -10,9 +10,8 @@ import time
 import httpx
 import pytest
 from service_support import (
-    FIXTURES,
-    MANIFEST,
     MODEL,
+    PNG,
     Server,
     metrics,
     read_response,
@@ -22,8 +21,6 @@ from service_support import (
 )
 
 from service import Settings
-
-PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,11 @@ equal the requests sent, and the FLOPs counters add up to what the replies said.
 from __future__ import annotations
 
 import pytest
-from service_support import FIXTURES, MANIFEST, MODEL, metrics, sample
+from service_support import MODEL, PNG, metrics, sample
 
 import haste
 from service.metrics import RATIO_BUCKETS
 
-PNG = (FIXTURES / MANIFEST[0]["file"]).read_bytes()
 LEVELS = list(haste.LEVELS)
 
 #: SERVICE.md: family name -> label names (counters are exposed as <name>_total).
