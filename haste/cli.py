@@ -1,6 +1,6 @@
 """The ``haste`` command. Each subcommand lives in the module that does the work and registers itself
-with ``add_command(subparsers)``: train (haste.train), evaluate (haste.evaluate), sweep and calibrate
-(haste.sweep), bench (haste.bench), serve (service.cli). The argparse types the subcommands share are
+with ``add_command(subparsers)``: train (haste_lab.train), evaluate (haste_lab.evaluate), sweep and calibrate
+(haste_lab.sweep), bench (haste_lab.bench), serve (service.cli). The argparse types the subcommands share are
 here, so a bad value is refused the same way everywhere: ``error: argument --batch: must be a positive
 integer, got 0`` and exit status 2, before any model is loaded."""
 
@@ -13,7 +13,7 @@ import sys
 
 from .levels import MAX_HYPERPLANES
 
-COMMAND_MODULES = ("haste.train", "haste.evaluate", "haste.sweep", "haste.bench", "service.cli")
+COMMAND_MODULES = ("haste_lab.train", "haste_lab.evaluate", "haste_lab.sweep", "haste_lab.bench", "service.cli")
 
 
 def _integer(text: str, low: int, high: int | None, accepted: str) -> int:

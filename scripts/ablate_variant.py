@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 import haste.functional  # noqa: E402
 from haste.lsh import hash_codes_within  # noqa: E402
-from haste.sweep import sweep  # noqa: E402
+from haste_lab.sweep import sweep  # noqa: E402
 
 
 def uncentred_codes(regions: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:

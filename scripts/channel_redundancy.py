@@ -22,9 +22,9 @@ from torch import nn
 
 from haste import zoo
 from haste.convert import skip_reason
-from haste.evaluate import load_data
 from haste.functional import conv_padding
 from haste.tiles import geometry, regions
+from haste_lab.evaluate import load_data
 
 
 @torch.no_grad()

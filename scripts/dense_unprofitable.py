@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 
 from haste.functional import MERGES
-from haste.sweep import matching
+from haste_lab.sweep import matching
 
 
 def layer_savings(rows: list[dict]) -> dict[tuple[int, str], dict[str, float]]:

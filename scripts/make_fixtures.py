@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from haste.data import FASHION_MNIST_LABELS, fashion_mnist
+from haste_lab.data import FASHION_MNIST_LABELS, fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 #: EXIF orientation 6 = "rotate 90 degrees clockwise to display": store the image rotated 90 degrees

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from haste.convert import DEFAULT_OPTIONS
-from haste.sweep import AXES, with_defaults
+from haste_lab.sweep import AXES, with_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"

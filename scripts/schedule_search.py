@@ -24,7 +24,7 @@ import shlex
 import sys
 
 from haste.functional import MERGES
-from haste.sweep import matching
+from haste_lab.sweep import matching
 
 
 def groups_of(rows: list[dict]) -> dict[str, dict[int, dict]]:

@@ -174,7 +174,7 @@ def test_bad_inputs():
 def test_zero_in_a_schedule_runs_that_layer_dense():
     """A per-layer 0 (where merging does not pay) runs that conv dense at that level, bit-exact, and the
     profile counts no saving and no overhead for it; the other layers still merge."""
-    from haste.sweep import conv_names, schedule_table
+    from haste_lab.sweep import conv_names, schedule_table
 
     dense = torchvision.models.resnet18(num_classes=10).eval()
     table = schedule_table(conv_names(dense), 6, "layer1.0.conv1=0,layer4=+2")

@@ -10,10 +10,11 @@ import torch
 import torchvision
 
 import haste
+import haste_lab.data
 from haste import zoo
-from haste.train import accuracy, inputs
 from haste.zoo import torchvision as tv
 from haste.zoo.registry import entry
+from haste_lab.train import accuracy, inputs
 
 
 @pytest.fixture
@@ -119,7 +120,7 @@ def test_reference_model_card_and_weights(name):
     model = zoo.load(name)
     assert not model.training and model.haste_card == card
     assert haste.count_flops(model, (1, 32, 32)) == card["flops_dense"]
-    x, y = haste.data.fashion_mnist("test")
+    x, y = haste_lab.data.fashion_mnist("test")
     assert accuracy(model, inputs(x[:300], spec), y[:300]) >= 0.9
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data.fashion_mnist import FASHION_MNIST_LABELS
 from ..preprocess import InputSpec
 
 #: Fashion-MNIST images are 28x28 grayscale, zero-padded to 32x32 (the CIFAR resolution).
 FMNIST_SPEC = InputSpec(mode="L", resize=28, crop=28, pad=2, mean=(0.2860,), std=(0.3530,))
+#: Fashion-MNIST's ten classes, in label order.
+FASHION_MNIST_LABELS = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class Entry:
     width: int
     dataset: str = "fashion-mnist"
     spec: InputSpec = FMNIST_SPEC
-    labels: tuple[str, ...] = tuple(FASHION_MNIST_LABELS)
+    labels: tuple[str, ...] = FASHION_MNIST_LABELS
     recipe: Recipe = field(default_factory=Recipe)
 
 

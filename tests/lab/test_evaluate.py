@@ -13,9 +13,9 @@ from test_zoo import seed_cache
 import haste
 from haste import zoo
 from haste.cli import main
-from haste.sweep import parse_schedule, schedule_table
 from haste.zoo.architectures import build
 from haste.zoo.registry import FMNIST_SPEC
+from haste_lab.sweep import parse_schedule, schedule_table
 
 CIFAR_INPUT = {"mode": "RGB", "resize": 0, "crop": 0, "pad": 0, "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
 

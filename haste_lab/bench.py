@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from . import engine
-from .cli import non_negative_int, positive_int
-from .convert import convert
+from haste import engine
+from haste.cli import non_negative_int, positive_int
+from haste.convert import convert
+from haste.levels import LEVELS, compression
+from haste.profile import profile
+
 from .layer_times import forward_at, layer_inputs, layer_times, seconds
-from .levels import LEVELS, compression
-from .profile import profile
 
 DEFAULT_MODELS = ("fmnist-resnet18", "fmnist-resnet34", "fmnist-vgg16_bn", "resnet50")
 
@@ -31,7 +32,7 @@ DEFAULT_MODELS = ("fmnist-resnet18", "fmnist-resnet34", "fmnist-vgg16_bn", "resn
 def _real_images(card: dict, batch: int) -> tuple[torch.Tensor, str]:
     """A batch of real images preprocessed for the model: Fashion-MNIST test images for Fashion-MNIST
     models, scikit-image's sample photos otherwise."""
-    from .preprocess import InputSpec, preprocess
+    from haste.preprocess import InputSpec, preprocess
 
     spec = InputSpec.from_dict({k: card["input"][k] for k in ("mode", "resize", "crop", "pad", "mean", "std")})
     if card.get("dataset") == "fashion-mnist":
@@ -52,7 +53,7 @@ def load_model(name: str) -> tuple[torch.nn.Module, dict, str]:
     """(model, card, weights note). Reference models from haste.zoo; torchvision names with their
     ImageNet weights when cached, else randomly initialised (timing does not depend on the weights,
     bucket counts do: the note says which)."""
-    from . import zoo
+    from haste import zoo
 
     if name in zoo.names():
         model = zoo.load(name)
@@ -85,7 +86,7 @@ def bench_model(
     log=print,
 ) -> dict:
     """Benchmark one model; see the module docstring. ``layers``: also time every HASTE layer alone,
-    dense and at each level (``haste.layer_times``)."""
+    dense and at each level (``haste_lab.layer_times``)."""
     model, card, weights = load_model(name)
     dense = copy.deepcopy(model).eval()
     convert(model)
@@ -141,7 +142,7 @@ def bench_model(
 
 
 def _level_hyperplanes(model, level: str):
-    from .module import HasteConv2d
+    from haste.module import HasteConv2d
 
     values = {m.levels[level] for m in model.modules() if isinstance(m, HasteConv2d)}
     return values.pop() if len(values) == 1 else "per-layer"
@@ -153,10 +154,10 @@ def reference_stages(model, x, level: str) -> dict:
     with a timer around each, on every layer's real input."""
     import torch.nn.functional as F
 
-    from .buckets import bucketize
-    from .lsh import hash_codes
-    from .merge import merge_filters, merge_inputs
-    from .tiles import assemble, geometry, regions
+    from haste.buckets import bucketize
+    from haste.lsh import hash_codes
+    from haste.merge import merge_filters, merge_inputs
+    from haste.tiles import assemble, geometry, regions
 
     inputs = layer_inputs(model, x, level)
     totals = dict.fromkeys(("region", "hash", "bucket", "merge_inputs", "merge_filters", "conv", "assemble"), 0.0)
@@ -342,8 +343,8 @@ def add_command(sub) -> None:
 
 def check_model_name(name: str) -> None:
     """Raise ValueError, saying what is accepted, unless ``name`` is a model ``load_model`` can load."""
-    from . import zoo
-    from .zoo import torchvision as tv
+    from haste import zoo
+    from haste.zoo import torchvision as tv
 
     if name in zoo.names():
         return

@@ -9,9 +9,9 @@ import torch
 import torchvision.datasets.cifar
 from PIL import Image
 
-from haste.data import FASHION_MNIST_DIR, cifar10, fashion_mnist, image_folder
-from haste.data.fashion_mnist import CALIBRATION_SIZE
 from haste.preprocess import InputSpec, preprocess
+from haste_lab.data import FASHION_MNIST_DIR, cifar10, fashion_mnist, image_folder
+from haste_lab.data.fashion_mnist import CALIBRATION_SIZE
 
 CIFAR_SPEC = InputSpec(mode="RGB", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 

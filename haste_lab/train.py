@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from .cli import positive_int
+from haste.cli import positive_int
+from haste.flops import count_flops
+from haste.preprocess import normalize
+from haste.zoo import WEIGHTS_DIR, build, paths
+from haste.zoo.registry import entry
+
 from .data import fashion_mnist
-from .flops import count_flops
-from .preprocess import normalize
-from .zoo import WEIGHTS_DIR, build, paths
-from .zoo.registry import entry
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -18,9 +18,9 @@ import time
 import torch
 from torch import nn
 
-from .levels import compression
-from .module import HasteConv2d
-from .profile import profile
+from haste.levels import compression
+from haste.module import HasteConv2d
+from haste.profile import profile
 
 
 def layer_inputs(model: nn.Module, x: torch.Tensor, level: str) -> dict[HasteConv2d, torch.Tensor]:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from . import zoo
-from .cli import positive_int
-from .convert import conversion, convert
+from haste import zoo
+from haste.cli import positive_int
+from haste.convert import conversion, convert
+
 from .evaluate import CONVERT_DEFAULTS, add_data_arguments, command_line, dense_copy, load_data, predict, summarise
 from .sweep import AXES, add_grid_arguments, conv_names, matching, schedule_table, summarize, sweep
 

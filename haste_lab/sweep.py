@@ -28,9 +28,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import zoo
-from .cli import boolean, fraction, hyperplane_count, non_negative_int, positive_int
-from .convert import convert, layer_hint
+from haste import zoo
+from haste.cli import boolean, fraction, hyperplane_count, non_negative_int, positive_int
+from haste.convert import convert, layer_hint
+from haste.functional import MERGES
+from haste.levels import MAX_HYPERPLANES
+from haste.lsh import FAMILIES
+
 from .evaluate import (
     CONVERT_DEFAULTS,
     Data,
@@ -41,9 +45,6 @@ from .evaluate import (
     predict,
     summarise,
 )
-from .functional import MERGES
-from .levels import MAX_HYPERPLANES
-from .lsh import FAMILIES
 
 #: Grid axes besides hyperplanes and seed; a run is identified by these, the seed and the hyperplanes.
 AXES = ("patch_size", "sparsity", "hash", "start_layer", "include_pointwise", "merge", "schedule")

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import zoo
-from .cli import boolean, fraction, hyperplane_count, non_negative_int, positive_int
-from .convert import DEFAULT_OPTIONS, conversion, convert
-from .functional import MERGES
-from .levels import LEVELS, MAX_HYPERPLANES, compression
-from .lsh import FAMILIES
-from .preprocess import InputSpec, normalize, preprocess
-from .profile import Report, profile
+from haste import zoo
+from haste.cli import boolean, fraction, hyperplane_count, non_negative_int, positive_int
+from haste.convert import DEFAULT_OPTIONS, conversion, convert
+from haste.functional import MERGES
+from haste.levels import LEVELS, MAX_HYPERPLANES, compression
+from haste.lsh import FAMILIES
+from haste.preprocess import InputSpec, normalize, preprocess
+from haste.profile import Report, profile
 
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
 #: The library's conversion defaults (haste.convert's keyword defaults).

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from haste.zoo.registry import FASHION_MNIST_LABELS  # noqa: F401 (re-exported: haste_lab.data)
+
 FASHION_MNIST_DIR = Path(os.environ.get("HASTE_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-FASHION_MNIST_LABELS = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
 #: The last CALIBRATION_SIZE training images are held out to calibrate levels; training uses the rest.
 CALIBRATION_SIZE = 5000
 SPLITS = ("train", "calibration", "test", "train-full")
