@@ -78,7 +78,7 @@ def sizes(dry: bool) -> dict:
         }  # fmt: skip
     return {
         "device": "cuda",
-        "limits_s": {"tests": 150, "bench-fmnist": 100, "bench-resnet50": 100, "service": 120, "profile": 45},
+        "limits_s": {"tests": 120, "bench-fmnist": 90, "bench-resnet50": 90, "service": 100, "profile": 40},
         "bench_fmnist": ["--models", "fmnist-resnet34", "--batch", "1", "32", "256", "--rounds", "15", "--warmup", "3"],
         "bench_resnet50": ["--models", "resnet50", "--batch", "1", "64", "--rounds", "7", "--warmup", "2"],
         "loadgen": ["--concurrency", "1,32", "--requests", "150", "--warmup", "16"],
