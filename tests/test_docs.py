@@ -3,6 +3,7 @@ its two commands, every docs page is linked, and the README's library example ru
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -21,9 +22,11 @@ COMMANDS = (
 
 def test_generated_sections_are_up_to_date():
     """Regenerating the README's levels table, docs/results.md and docs/settings.md changes nothing."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, "scripts/readme_tables.py", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "scripts/readme_tables.py", "--check"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -59,3 +62,13 @@ def test_the_readme_library_example_runs():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert 0 < float(done.stdout.split()[-1]) < 1  # print(report.saving)
+
+
+def test_readme_measurements_come_from_the_generated_section():
+    """Outside its generated levels table the README states no measured figure (no percentage, ratio or decimal
+    other than addresses and arXiv ids): the numbers it shows are regenerated from results/."""
+    text = README.read_text()
+    begin, end = text.index("<!-- levels:begin"), text.index("<!-- levels:end -->")
+    rest = text[:begin] + text[end:]
+    rest = re.sub(r"\d+\.\d+\.\d+\.\d+|\b\d{4}\.\d{5}\b", "", rest)  # IPv4 addresses, arXiv ids
+    assert not re.findall(r"\d+\.\d+|\d+\s?%|\b\d+(?:\.\d+)?x\b", rest)
