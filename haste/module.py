@@ -24,6 +24,16 @@ _EXPORT_ERROR = (
     "recorded) or after haste.revert(model)"
 )
 _Proxy = torch.fx.Proxy
+
+#: A dense conv whose input is the channels-last output of a HASTE layer first makes it NCHW-contiguous when the
+#: map has at most this many pixels (oneDNN's channels-last conv on small maps at small batches is slower).
+_DENSE_NCHW_MAX_PIXELS = 0
+
+
+def _channels_last_only(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 _SCRIPT_ERROR = (
     "HASTE layer {layer!r}: torch.jit.script cannot compile HASTE layers. torch.compile works; to script the dense "
     "model, script haste.revert(copy.deepcopy(model))"
@@ -264,6 +274,8 @@ class HasteConv2d(nn.Module):
         collector = active()
         if hyperplanes == 0:
             conv = self.conv
+            if x.dim() == 4 and x.shape[2] * x.shape[3] <= _DENSE_NCHW_MAX_PIXELS and _channels_last_only(x):
+                x = x.contiguous()  # a HASTE layer's channels-last output: oneDNN's NCHW conv is faster on small maps
             y = conv._conv_forward(x, conv.weight, conv.bias)  # what conv(x) runs, without a 2nd module call
             if collector is not None:
                 n = y.shape[0] if y.dim() == 4 else 1

@@ -1,0 +1,296 @@
+"""``haste calibrate-plans``: for every level and batch size, the fastest measured plan within the level's budget.
+
+A calibrated level (``haste calibrate``) is a per-layer table chosen for accuracy and FLOPs. Whether each
+stage of the network (layer1, layer2, ... : the first part of a conv's name) gains time from it depends on the
+batch size and the engine. For each batch size the service forms and each level, the candidates are the
+level's table restricted to every subset of its stages (the other stages dense; the empty subset is the dense
+model), and the plans the lower levels chose at that batch size (a lower level's table is within a smaller
+budget, hence within this one). All candidates of a batch size are timed on real images, interleaved with
+the order rotated each round, medians; the plan is the fastest, and among candidates within ``tie`` of the
+fastest the one saving the most FLOPs. Running only some stages of a table merges less, so a candidate's
+accuracy drop is measured, not assumed: every chosen table is evaluated on the calibration split (its drop
+plus ``margin_z`` standard errors must stay within the budget, else the next fastest candidate is taken) and
+reported on the test split.
+
+    haste calibrate-plans --model fmnist-resnet34 --batch 1 2 4 8 16 32 --threads 2 \\
+        --out results/plans-fmnist-resnet34 --write-card
+
+The plans go into the model card (``"haste": {"plans": {engine: {level: [{"batch", "levels", "measured"}]}}}``)
+and ``haste.convert`` runs them (``haste.plans``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from haste import engine, zoo
+from haste.cli import non_negative_float, positive_int
+from haste.convert import convert
+from haste.plans import table_value
+
+from .calibrate import BUDGETS, MARGIN_Z
+from .evaluate import command_line, dense_copy, load_data, predict
+from .layer_times import forward_at, seconds
+
+BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+def stage_of(conv_name: str) -> str:
+    """The stage a conv belongs to: the first part of its name (``layer2`` for ``layer2.0.conv1``)."""
+    return conv_name.split(".")[0]
+
+
+def restricted(table: dict[str, int], stages: frozenset[str]) -> dict[str, int]:
+    """``table`` (conv name -> hyperplanes) with the convs outside ``stages`` dense."""
+    return {name: value if stage_of(name) in stages else 0 for name, value in table.items()}
+
+
+def full_table(model: torch.nn.Module, level: str) -> dict[str, int]:
+    """conv name -> hyperplanes of every HASTE layer of the converted ``model`` at ``level``."""
+    from haste.module import HasteConv2d
+
+    return {m.name: m.levels[level] for m in model.modules() if isinstance(m, HasteConv2d)}
+
+
+def _key(table: dict[str, int]) -> tuple:
+    return tuple(sorted((k, v) for k, v in table.items() if v))
+
+
+def time_candidates(models: dict[tuple, torch.nn.Module], x: torch.Tensor, *, rounds: int, warmup: int) -> dict:
+    """Median seconds of one forward of ``x`` per candidate (key -> converted model, each run at level high;
+    the key () is the dense model), interleaved with the order rotated every round."""
+    keys = list(models)
+    times: dict[tuple, list[float]] = {k: [] for k in keys}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for k in keys:
+                forward_at(models[k], x, "high" if k else "off")
+        for r in range(rounds):
+            shift = r % len(keys)
+            for k in keys[shift:] + keys[:shift]:
+                times[k].append(seconds(lambda k=k: forward_at(models[k], x, "high" if k else "off")))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def calibrate_plans(
+    model_name: str,
+    *,
+    batches=BATCHES,
+    levels=("low", "medium", "high"),
+    budgets: dict[str, float] = BUDGETS,
+    margin_z: float = MARGIN_Z,
+    rounds: int = 9,
+    warmup: int = 2,
+    tie: float = 0.01,
+    test_limit: int | None = 2000,
+    batch_size: int = 250,
+    out: str | Path | None = None,
+    write_card: bool = False,
+    command: str = "",
+    log=print,
+) -> dict:
+    """Choose the plans of ``model_name`` (its card's calibrated levels) for the CPU engine; see the module
+    docstring. Returns the report written to ``out`` (.json)."""
+    if not engine.cpu_kernel_available():
+        raise ValueError(f"calibrate-plans measures the fused CPU kernel, which is unavailable: {engine.unavailable}")
+    dense = zoo.load(model_name)
+    card = dense.haste_card
+    reference = convert(dense_copy(dense), plans={})
+    tables = {level: full_table(reference, level) for level in levels}
+    stages = sorted({stage_of(n) for t in tables.values() for n, v in t.items() if v})
+    subsets = [frozenset(s) for k in range(len(stages) + 1) for s in itertools.combinations(stages, k)]
+    candidates: dict[str, dict[tuple, dict[str, int]]] = {}
+    for level in levels:
+        candidates[level] = {}
+        for subset in subsets:
+            table = restricted(tables[level], subset)
+            candidates[level].setdefault(_key(table), table)
+    models: dict[tuple, torch.nn.Module] = {(): dense}
+    for by_key in candidates.values():
+        for key, table in by_key.items():
+            if key and key not in models:
+                models[key] = convert(dense_copy(dense), plans={}, levels={"high": table})
+    log(f"{model_name}: {len(models)} distinct candidates over stages {', '.join(stages)}")
+
+    images, _ = _images(card, max(batches))
+    calibration = load_data(card, split="calibration")
+    test = load_data(card, split="test", limit=test_limit)
+    dense_calibration, labels_calibration, _ = predict(dense, calibration, level="off", batch_size=batch_size)
+    dense_test, labels_test, _ = predict(dense, test, level="off", batch_size=batch_size)
+    measured: dict[tuple, dict] = {(): {"calibration_drop": 0.0, "calibration_margin": 0.0, "test_drop": 0.0,
+                                        "saving": 0.0}}  # fmt: skip
+
+    def accuracy(key: tuple) -> dict:
+        if key not in measured:
+            model = models[key]
+            preds, _, report = predict(model, calibration, level="high", batch_size=batch_size)
+            disagree = float((preds != dense_calibration).double().mean())
+            test_preds, _, _ = predict(model, test, level="high", batch_size=batch_size)
+            measured[key] = {
+                "calibration_drop": 100
+                * float(
+                    (dense_calibration == labels_calibration).double().mean()
+                    - (preds == labels_calibration).double().mean()
+                ),
+                "calibration_margin": margin_z * 100 * (disagree / len(preds)) ** 0.5,
+                "test_drop": 100
+                * float((dense_test == labels_test).double().mean() - (test_preds == labels_test).double().mean()),
+                "saving": report.saving,
+            }
+        return measured[key]
+
+    rows = []
+    chosen: dict[str, dict[int, tuple]] = {level: {} for level in levels}
+    for batch in batches:
+        x = images[:batch]
+        keys = [(), *dict.fromkeys(k for level in levels for k in candidates[level] if k)]
+        start = time.time()
+        times = time_candidates({k: models[k] for k in keys}, x, rounds=rounds, warmup=warmup)
+        dense_s = times[()]
+        below: list[tuple] = [()]
+        for level in levels:
+            pool = sorted(dict.fromkeys([*candidates[level], *below]), key=lambda k: times[k])
+
+            def within(k, level=level) -> bool:
+                stats = accuracy(k)
+                return stats["calibration_drop"] + stats["calibration_margin"] <= budgets[level]
+
+            first = next(k for k in pool if within(k))  # the dense model () always is
+            tied = [k for k in pool if times[k] <= times[first] * (1 + tie) and within(k)]
+            key = max(tied, key=lambda k: measured[k]["saving"])
+            chosen[level][batch] = key
+            below.append(key)
+            stats = accuracy(key)
+            row = {
+                "batch": batch,
+                "level": level,
+                "stages": sorted({stage_of(n) for n, _ in key}),
+                "ms": times[key] * 1e3,
+                "dense_ms": dense_s * 1e3,
+                "latency_ratio": times[key] / dense_s,
+                "full_table_ratio": times[_key(tables[level])] / dense_s,
+                **stats,
+            }
+            rows.append(row)
+            log(
+                f"  b={batch} {level}: stages {','.join(row['stages']) or 'none (dense)'}  "
+                f"{row['latency_ratio']:.3f} of dense (full table {row['full_table_ratio']:.3f}), saving "
+                f"{100 * stats['saving']:.1f}%, drop {stats['calibration_drop']:.2f} calibration / "
+                f"{stats['test_drop']:.2f} test"
+            )
+        log(f"  batch {batch}: {len(keys)} candidates timed in {time.time() - start:.0f}s")
+
+    names = list(tables[levels[0]])
+    plans = {"cpu": {level: _entries(chosen[level], names, rows, level) for level in levels}}
+    report = {
+        "model": card.get("name", model_name),
+        "engine": "cpu",
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "vector_isa": _isa()},
+        "protocol": f"{warmup} warm-up rounds, {rounds} timed rounds, candidates interleaved with the order rotated "
+        f"each round, medians; ties within {100 * tie:.0f}% go to the larger FLOPs saving",
+        "budgets_points": budgets,
+        "margin_z": margin_z,
+        "calibration_images": calibration.size,
+        "test_images": test.size,
+        "stages": stages,
+        "rows": rows,
+        "plans": plans,
+        "command": command,
+    }  # fmt: skip
+    if out:
+        path = Path(out).with_suffix(".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        log(f"wrote {path}")
+    if write_card:
+        card_path = zoo.paths(model_name)[1]
+        stored = json.loads(card_path.read_text())
+        stored["haste"]["plans"] = plans
+        card_path.write_text(json.dumps(stored, indent=2) + "\n")
+        log(f"wrote the plans into {card_path}")
+    return report
+
+
+def _entries(by_batch: dict[int, tuple], names: list[str], rows: list[dict], level: str) -> list[dict]:
+    """Plan entries of one level: consecutive batch sizes with the same table merged into one entry."""
+    entries: list[dict] = []
+    for batch, key in sorted(by_batch.items()):
+        table = {n: v for n, v in key}
+        compact = _compact(table, names)
+        row = next(r for r in rows if r["batch"] == batch and r["level"] == level)
+        measured = {k: round(row[k], 4) for k in ("latency_ratio", "calibration_drop", "test_drop", "saving")}
+        if entries and entries[-1]["levels"] == compact:
+            entries[-1]["measured"][f"batch {batch}"] = measured
+            continue
+        entries.append({"batch": batch if entries else 1, "levels": compact, "measured": {f"batch {batch}": measured}})
+    return entries
+
+
+def _compact(table: dict[str, int], names: list[str]) -> dict[str, int]:
+    """A per-layer table (over the HASTE layers ``names``) as a plan entry stores it: per stage when all its
+    convs agree, per conv otherwise; every other layer dense (a plan's ``default`` is 0)."""
+    out: dict[str, int] = {}
+    for stage in dict.fromkeys(stage_of(n) for n in names):
+        values = {table.get(n, 0) for n in names if stage_of(n) == stage}
+        if values == {0}:
+            continue
+        if len(values) == 1:
+            out[stage] = values.pop()
+        else:
+            out.update({n: table.get(n, 0) for n in names if stage_of(n) == stage and table.get(n, 0)})
+    assert all(table_value(out, n) == table.get(n, 0) for n in names)
+    return out
+
+
+def _images(card: dict, batch: int):
+    from .bench import _real_images
+
+    return _real_images(card, batch)
+
+
+def _isa() -> str:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else platform.machine()
+
+
+def add_command(sub) -> None:
+    """Register ``haste calibrate-plans``."""
+    p = sub.add_parser(
+        "calibrate-plans", help="per level and batch size, the fastest measured plan within the level's budget"
+    )
+    p.add_argument("--model", required=True, help="reference model with calibrated levels (haste calibrate)")
+    p.add_argument("--batch", type=positive_int, nargs="+", default=list(BATCHES), help="batch sizes (default 1-32)")
+    p.add_argument("--rounds", type=positive_int, default=9, help="timed rounds per batch size (default 9)")
+    p.add_argument("--warmup", type=positive_int, default=2, help="untimed rounds first (default 2)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    p.add_argument(
+        "--margin", type=non_negative_float, default=MARGIN_Z, help=f"standard errors kept below budgets ({MARGIN_Z})"
+    )
+    p.add_argument("--test-limit", type=positive_int, default=2000, help="test images to report on (default 2000)")
+    p.add_argument("--out", help="write the report to this path (.json)")
+    p.add_argument("--write-card", action="store_true", help="store the plans in the model card")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    torch.set_num_threads(args.threads)
+    calibrate_plans(
+        args.model,
+        batches=sorted(set(args.batch)),
+        rounds=args.rounds,
+        warmup=args.warmup,
+        margin_z=args.margin,
+        test_limit=args.test_limit,
+        out=args.out,
+        write_card=args.write_card,
+        command=command_line(),
+    )
+    return 0

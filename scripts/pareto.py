@@ -1,0 +1,123 @@
+"""Accuracy drop against latency and against FLOPs: faithful HASTE (the paper's mean merge), the scaled merge,
+and the measured level plans, on one plot per axis.
+
+    python scripts/pareto.py --model fmnist-resnet34 --sweep results/sweep-fmnist-resnet34.json \\
+        --plans results/plans-fmnist-resnet34.json --batch 1 --out results/pareto-fmnist-resnet34
+
+Points: every uniform-hyperplane row of the sweep (calibration split, mean of its seeds) for both merge rules,
+timed here at ``--batch`` against the dense model (all settings interleaved, order rotated each round,
+medians), and the level plans chosen at that batch size (their drop measured on the same split by
+``haste calibrate-plans``). Writes OUT.json and OUT.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from haste import zoo
+from haste.convert import convert
+from haste_lab.bench import _real_images
+from haste_lab.evaluate import dense_copy
+from haste_lab.layer_times import forward_at, seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="fmnist-resnet34")
+    p.add_argument("--sweep", type=Path, required=True)
+    p.add_argument("--plans", type=Path, required=True)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=11)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sweep = json.loads(args.sweep.read_text())
+    plans = json.loads(args.plans.read_text())
+    dense = zoo.load(args.model)
+    options = dense.haste_card["haste"]["options"]
+    x, _ = _real_images(dense.haste_card, args.batch)
+    points = []
+    models = {"dense": dense}
+    for row in sweep["summary"]:
+        if (
+            row["schedule"]
+            or row["patch_size"] != options["patch_size"]
+            or row["start_layer"] != options["start_layer"]
+        ):
+            continue
+        key = f"{row['merge']} L={row['hyperplanes']}"
+        opts = {**options, "merge": row["merge"]}
+        models[key] = convert(dense_copy(dense), **opts, plans={}, levels={"high": row["hyperplanes"]})
+        points.append({"setting": key, "family": f"uniform L, {row['merge']} merge"
+                       + (" (the paper)" if row["merge"] == "mean" else ""),
+                       "drop": row["drop_points_mean"], "flops_ratio": 1 - row["saving_mean"]})  # fmt: skip
+    for row in plans["rows"]:
+        if row["batch"] == args.batch:
+            points.append({"setting": f"plan {row['level']}@{args.batch}", "family": "level plans (measured)",
+                           "drop": row["calibration_drop"], "flops_ratio": 1 - row["saving"],
+                           "latency_ratio": row["latency_ratio"]})  # fmt: skip
+    keys = list(models)
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    with torch.inference_mode():
+        for k in keys:
+            forward_at(models[k], x, "off" if k == "dense" else "high")
+        for r in range(args.rounds):
+            shift = r % len(keys)
+            for k in keys[shift:] + keys[:shift]:
+                times[k].append(seconds(lambda k=k: forward_at(models[k], x, "off" if k == "dense" else "high")))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for point in points:
+        if "latency_ratio" not in point:
+            point["latency_ratio"] = med[point["setting"]] / med["dense"]
+    report = {
+        "model": args.model,
+        "batch": args.batch,
+        "threads": args.threads,
+        "drop_split": sweep["split"],
+        "protocol": f"{args.rounds} rounds, all settings interleaved (rotated), medians; plans' latency from "
+        f"{args.plans.name} (timed by haste calibrate-plans)",
+        "points": points,
+        "command": " ".join(["python scripts/pareto.py", *sys.argv[1:]]),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, args.out.with_suffix(".png"))
+    for point in points:
+        print(f"{point['setting']:>14}: drop {point['drop']:5.2f}  FLOPs {point['flops_ratio']:.3f}  "
+              f"latency {point['latency_ratio']:.3f}")  # fmt: skip
+    return 0
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    families = list(dict.fromkeys(p["family"] for p in report["points"]))
+    labels = (f"latency / dense (batch {report['batch']})", "FLOPs / dense (overhead included)")
+    for ax, axis, label in zip(axes, ("latency_ratio", "flops_ratio"), labels):
+        for family, marker in zip(families, "o^s"):
+            pts = sorted((p for p in report["points"] if p["family"] == family), key=lambda p: p[axis])
+            ax.plot([p[axis] for p in pts], [p["drop"] for p in pts], marker=marker, label=family,
+                    linestyle="-" if "uniform" in family else "none")  # fmt: skip
+        ax.axvline(1.0, color="grey", linewidth=0.8)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"accuracy drop (points, {report['drop_split']} split)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{report['model']}: accuracy drop vs latency and vs FLOPs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
