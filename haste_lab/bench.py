@@ -220,10 +220,8 @@ def _stages(model, x, levels) -> dict:
     """Milliseconds per forward spent in each stage of the CPU kernel, per level (profiling build), and
     of the reference implementation at the same level."""
     kernel = engine.profiling_kernel()
-    saved = engine._module
-    engine._module = kernel
     out = {}
-    try:
+    with engine.using_kernel(kernel):
         for level in levels:
             if level == "off":
                 continue
@@ -236,8 +234,6 @@ def _stages(model, x, levels) -> dict:
                 "fused_cpu_kernel_ms": {k: v / n * 1e3 for k, v in zip(engine.STAGES, kernel.stage_seconds(True))},
                 "reference_ms": reference_stages(model, x, level),
             }
-    finally:
-        engine._module = saved
     return out
 
 
@@ -254,7 +250,7 @@ def run(
         "protocol": f"torch threads {threads}; {warmup} warm-up rounds, then {rounds} rounds of one forward per "
         "variant, interleaved with the order rotated each round; medians, min, max",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads, "torch": torch.__version__,
-                    "engine": "cpu" if engine._module else f"reference ({engine.unavailable})"},
+                    "engine": "cpu" if engine.cpu_kernel_state() == "built" else f"reference ({engine.unavailable})"},
         "levels": dict(LEVELS),
         "models": [bench_model(m, batches=batches, levels=levels, rounds=rounds, warmup=warmup, stages=stages,
                                layers=layers, device=device, log=log)
@@ -262,7 +258,7 @@ def run(
     }  # fmt: skip
     if cuda:
         report["machine"].update(device=device, gpu=torch.cuda.get_device_name(),
-                                 engine="triton" if engine.triton_failed is None and engine._triton_available()
+                                 engine="triton" if engine.triton_failed is None and engine.triton_available()
                                  else f"reference ({engine.triton_failed or 'Triton is not installed'})")  # fmt: skip
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

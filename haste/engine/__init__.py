@@ -108,6 +108,29 @@ def profiling_kernel():
     return _build("_profile", [*_CFLAGS, "-DHASTE_PROFILE"])
 
 
+@contextlib.contextmanager
+def using_kernel(kernel) -> Iterator[None]:
+    """Run the CPU engine with ``kernel`` (a build of haste_cpu.cpp, e.g. ``profiling_kernel()``) inside the
+    block, for every thread; the usual build again after it. For measurement, not for serving."""
+    global _module
+    cpu_kernel_available()
+    with _lock:
+        saved, _module = _module, kernel
+    try:
+        yield
+    finally:
+        with _lock:
+            _module = saved
+
+
+def cpu_kernel_state() -> str:
+    """``built``, ``unavailable`` (the reason in ``unavailable``) or ``not built`` (not asked for yet: the first
+    HASTE forward on CPU, or ``cpu_kernel_available()``, builds it) — without building it."""
+    if _module is not None:
+        return "built"
+    return "unavailable" if unavailable is not None else "not built"
+
+
 triton_failed: str | None = None
 """Why the Triton engine failed at run time (e.g. no C compiler or no writable cache for Triton's driver
 build), after which CUDA tensors use the reference engine; None while it works."""
@@ -123,7 +146,8 @@ def _triton_failed(exc: Exception) -> None:
             )
 
 
-def _triton_available() -> bool:
+def triton_available() -> bool:
+    """Whether Triton can be imported (the CUDA engine's kernels)."""
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -170,7 +194,7 @@ def explain(x: torch.Tensor, weight: torch.Tensor) -> tuple[str, str | None]:
     if device == "cuda":
         if triton_failed is not None:
             return "reference", triton_failed
-        return ("triton", None) if _triton_available() else ("reference", "Triton is not installed")
+        return ("triton", None) if triton_available() else ("reference", "Triton is not installed")
     if device != "cpu":
         return "reference", f"no fused engine for {device} tensors"
     if not x.dtype == weight.dtype == torch.float32:
