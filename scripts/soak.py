@@ -6,7 +6,7 @@ markdown summary generated from it.
     python scripts/soak.py run --short --out /tmp/soak.json --markdown /tmp/soak.md   # a few s per scenario
     python scripts/soak.py table results/soak.json   # the markdown summary of a report
 
-Scenarios, in this order (the first four against one server):
+Scenarios, in this order, against one server (then a second one, the restart):
   1. bad_input: a seeded generator of >= 300 cases (corrupt, truncated and forged images in every format,
      decompression bombs, animated and multi-page images, odd colour modes and sizes, content types,
      multipart and raw bodies, chunked bodies past the byte cap, bad and repeated query values, odd model
@@ -19,7 +19,7 @@ Scenarios, in this order (the first four against one server):
      keep-alive sockets, while a normal client keeps classifying; its latency against the baseline.
   4. metrics: the series count in /metrics after all of the above against the count at start-up, and the
      label values (bad models, levels and paths must not create any).
-  5. sigterm: a server with its access log on gets SIGTERM under load: every request the server accepted
+  5. sigterm: the same server (its access log on) gets SIGTERM under load: every request it accepted
      (its request id in the access log) must be answered, new connections refused, the process gone within
      the grace period; a restarted server then answers again.
 
@@ -70,11 +70,28 @@ LEAKS = ("Traceback", 'File "', "site-packages", ".py", str(ROOT))
 
 #: The two profiles: the full soak (its report is committed) and the short one CI runs.
 PROFILES = {
-    "full": {"overload_s": 30, "concurrency": 400, "slow_s": 60, "slowloris": 200, "idle": 500, "sigterm_load_s": 3},
-    "short": {"overload_s": 3, "concurrency": 400, "slow_s": 4, "slowloris": 200, "idle": 500, "sigterm_load_s": 1},
+    "full": {
+        "overload_s": 30,
+        "concurrency": 400,
+        "slow_s": 60,
+        "slowloris": 200,
+        "idle": 500,
+        "sigterm_load_s": 3,
+        "baseline": 30,
+    },
+    "short": {
+        "overload_s": 3,
+        "concurrency": 400,
+        "slow_s": 4,
+        "slowloris": 200,
+        "idle": 500,
+        "sigterm_load_s": 1,
+        "baseline": 10,
+    },
 }
 #: Server settings of the soak (the service's defaults otherwise: caps, queue, in-flight limit, deadline).
-SERVER_ENV = {"HASTE_TORCH_THREADS": "1", "HASTE_DECODE_THREADS": "1", "HASTE_LOG_LEVEL": "warning"}
+#: The access log (info, the default level) shows which requests the server accepted (scenario sigterm).
+SERVER_ENV = {"HASTE_TORCH_THREADS": "1", "HASTE_DECODE_THREADS": "1", "HASTE_LOG_LEVEL": "info"}
 
 
 # --------------------------------------------------------------------------------------------- the server
@@ -135,8 +152,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
-        os.unlink(self.log.name)
+        if not self.log.closed:
+            self.log.close()
+            os.unlink(self.log.name)
 
 
 def raise_open_file_limit() -> int:
@@ -669,11 +687,11 @@ def recovery(url: str, normal_s: float, within_s: float = 30.0, run: int = 5) ->
     return {"recovered_after_s": None, "requests": len(seen), "latency_ms": [ms(t) for _, t, _ in seen[-run:]]}
 
 
-def run_overload(server: Server, seconds: int, concurrency: int) -> dict:
+def run_overload(server: Server, seconds: int, concurrency: int, baseline: int = 30) -> dict:
     hey = shutil.which("hey")
     if hey is None:
         raise RuntimeError("hey is not installed (apt-get install hey)")
-    before = latencies(server.url, 30)
+    before = latencies(server.url, baseline)
     normal_s = max(2 * percentile(before, 95), percentile(before, 50) + 0.05)
     sampler = RssSampler(server)
     rss_start = server.rss_mib()
@@ -687,7 +705,7 @@ def run_overload(server: Server, seconds: int, concurrency: int) -> dict:
     wall = time.monotonic() - t0
     samples = sampler.stop()
     back = recovery(server.url, normal_s)
-    after = latencies(server.url, 30)
+    after = latencies(server.url, baseline)
     hey_report = parse_hey(run.stdout)
     statuses = {int(k): v for k, v in hey_report["statuses"].items()}
     return {
@@ -734,11 +752,11 @@ def _closed(sock: socket.socket) -> bool:
         return True
 
 
-def run_slow_clients(server: Server, seconds: int, slowloris: int, idle: int) -> dict:
+def run_slow_clients(server: Server, seconds: int, slowloris: int, idle: int, baseline: int = 20) -> dict:
     """``slowloris`` sockets trickling headers (one header line every 2 s; reopened when the server closes
     them) and ``idle`` keep-alive sockets (one /livez answered, then silent) for ``seconds``, while one
     normal client classifies every 0.2 s."""
-    before = latencies(server.url, 20)
+    before = latencies(server.url, baseline)
     data = FIXTURE.read_bytes()
     loris = [_slowloris(server.port) for _ in range(slowloris)]
     idlers = []
@@ -821,30 +839,41 @@ def series(url: str) -> tuple[int, dict[str, set[str]]]:
     return count, labels
 
 
-def run_metrics(server: Server, at_start: int, model: str) -> dict:
+def run_metrics(server: Server, at_start: int, model: str, distinct: int = 50) -> dict:
+    """Label values and series count after the scenarios before; then ``distinct`` requests each with a
+    new unknown model name, a new bad level, a new unknown path and a new request id must add no series."""
     count, labels = series(server.url)
     allowed = {"model": {model, "none"}, "level": {*LEVELS, "none"}}
     stray = {key: sorted(labels.get(key, set()) - values) for key, values in allowed.items()}
     codes = sorted(labels.get("code", set()))
     bad_codes = [c for c in codes if not re.fullmatch(r"[1-5]\d\d", c)]
+    data = FIXTURE.read_bytes()
+    with httpx.Client(base_url=server.url, timeout=HANG_S) as client:
+        for i in range(distinct):
+            headers = {"Content-Type": "image/png", "X-Request-ID": f"cardinality-{i}"}
+            client.post(f"/v1/classify?model=no-such-model-{i}", content=data, headers=headers)
+            client.post(f"/v1/classify?level=level-{i}", content=data, headers=headers)
+            client.get(f"/no/such/path/{i}", headers=headers)
+            client.get(f"/v1/models/no-such-model-{i}", headers=headers)
+    final, _ = series(server.url)
     return {
         "series_at_start": at_start,
         "series_after": count,
         "label_values": {k: sorted(v) for k, v in sorted(labels.items()) if k in ("model", "level", "code")},
         "stray_label_values": {k: v for k, v in stray.items() if v} | ({"code": bad_codes} if bad_codes else {}),
+        "distinct_bad_requests": 4 * distinct,
+        "series_added_by_them": final - count,
     }
 
 
 # ------------------------------------------------------------------------------------------- SIGTERM
 
 
-def run_sigterm(model: str, load_s: float, workers: int = 32) -> dict:
-    """A server with its access log at info level under ``workers`` clients (a new connection per
-    request) gets SIGTERM after ``load_s`` seconds; the clients go on until the process has exited. Every
-    request id the access log shows was answered must have reached its client."""
-    server = Server(model, env={"HASTE_LOG_LEVEL": "info"})
+def run_sigterm(server: Server, model: str, load_s: float, workers: int = 32) -> dict:
+    """``server`` (its access log at info level) under ``workers`` clients (a new connection per request)
+    gets SIGTERM after ``load_s`` seconds; the clients go on until the process has exited. Every request id
+    the access log shows was answered must have reached its client. Then a new server must answer."""
     try:
-        server.wait_ready()
         data = FIXTURE.read_bytes()
         stop = threading.Event()
         outcomes: dict[str, tuple[str, int | None, float]] = {}
@@ -868,6 +897,8 @@ def run_sigterm(model: str, load_s: float, workers: int = 32) -> dict:
                     time.sleep(0.05)
                 except httpx.HTTPError as exc:
                     outcome = (f"dropped: {type(exc).__name__}", None, sent_after)
+                if outcome[1] is not None and sent_after < 0 and signalled_at:
+                    outcome = (f"{outcome[0]} after the signal", outcome[1], sent_after)  # in flight at SIGTERM
                 with lock:
                     outcomes[rid] = outcome
 
@@ -942,6 +973,7 @@ def verdict(report: dict) -> dict[str, bool]:
     if "metrics" in s:
         m = s["metrics"]
         checks["metrics: no stray label values"] = not m["stray_label_values"]
+        checks["metrics: distinct bad models, levels and paths add no series"] = m["series_added_by_them"] == 0
     if "sigterm" in s:
         t = s["sigterm"]
         checks["sigterm: no accepted request lost"] = t["accepted_not_answered"] == 0 and t["accepted_by_server"] > 0
@@ -1008,7 +1040,9 @@ def table(report: dict) -> str:
                   f"Series in /metrics: {m['series_at_start']} after start-up, {m['series_after']} after the "
                   f"scenarios above. Label values: "
                   + "; ".join(f"{k}: {', '.join(v)}" for k, v in m["label_values"].items())
-                  + f". Stray values: {m['stray_label_values'] or 'none'}."]  # fmt: skip
+                  + f". Stray values: {m['stray_label_values'] or 'none'}. Then {m['distinct_bad_requests']} "
+                  f"requests with distinct unknown models, bad levels, unknown paths and request ids added "
+                  f"{m['series_added_by_them']} series."]  # fmt: skip
     if "sigterm" in s:
         t = s["sigterm"]
         lines += ["", "## SIGTERM under load", "",
@@ -1045,14 +1079,15 @@ def run(args: argparse.Namespace) -> int:
             if name == "bad_input":
                 result = run_bad_input(server, args.seed)
             elif name == "overload":
-                result = run_overload(server, profile["overload_s"], profile["concurrency"])
+                result = run_overload(server, profile["overload_s"], profile["concurrency"], profile["baseline"])
             elif name == "slow_clients":
-                result = run_slow_clients(server, profile["slow_s"], profile["slowloris"], profile["idle"])
+                result = run_slow_clients(
+                    server, profile["slow_s"], profile["slowloris"], profile["idle"], profile["baseline"]
+                )
             elif name == "metrics":
                 result = run_metrics(server, at_start, args.model)
             elif name == "sigterm":
-                server.stop()
-                result = run_sigterm(args.model, profile["sigterm_load_s"])
+                result = run_sigterm(server, args.model, profile["sigterm_load_s"])
             else:
                 raise ValueError(f"unknown scenario {name!r}")
             result["scenario_s"] = round(time.monotonic() - t0, 1)
@@ -1060,7 +1095,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     report["verdict"] = verdict(report)
-    report["path"] = str(args.out)
+    out = Path(args.out).resolve()
+    report["path"] = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     summary = table(report)
