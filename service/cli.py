@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from . import registry
     from .app import create_app
-    from .protocol import with_header_timeout
+    from .connection import with_header_timeout
     from .settings import Settings
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}

@@ -1,4 +1,4 @@
-"""The HTTP/1.1 connection protocol ``haste serve`` runs: uvicorn's httptools protocol plus a header
+"""The HTTP/1.1 connection handling ``haste serve`` runs: uvicorn's httptools protocol plus a header
 timeout. uvicorn bounds the idle time between requests (``timeout_keep_alive``) but not the time a client
 takes to send a request's headers, so a client that connects and sends nothing, or trickles one header
 line at a time (slowloris), holds its connection and file descriptor for ever; enough of them exhaust the
