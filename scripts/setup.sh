@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine with Python 3.11: system packages (Fashion-MNIST data,
-# Prometheus for the observability tests), a virtual environment in .venv, the project with its
-# serving and development extras. Safe to run again; it only installs what is missing, and does
-# nothing (no apt, no pip) when everything is there.
+# Prometheus for the observability tests, hey for the soak's overload), a virtual environment in .venv,
+# the project with its serving and development extras. Safe to run again; it only installs what is
+# missing, and does nothing (no apt, no pip) when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v hey >/dev/null 2>&1 || need+=(hey)  # the overload scenario of scripts/soak.py
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -q

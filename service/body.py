@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .decode import RAW_CONTENT_TYPES
-from .errors import ServiceError
+from .errors import ServiceError, quote
 
 #: Room for multipart boundaries and part headers on top of the image byte cap.
 MULTIPART_OVERHEAD = 16 * 1024
@@ -30,11 +30,11 @@ def media_type(request: Request) -> str:
 
 def _quoted(request: Request) -> str:
     """The media type of the Content-Type as the client sent it, safe to echo: its repr if ASCII, else
-    the repr of its bytes (the header arrives as bytes, decoded as latin-1)."""
+    the repr of its bytes (the header arrives as bytes, decoded as latin-1); shortened as errors.quote does."""
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip()
     if kind.isascii():
-        return repr(kind)
-    return f"{kind.encode('latin-1', 'replace')!r} (not ASCII)"
+        return quote(kind)
+    return f"{quote(kind.encode('latin-1', 'replace'))} (not ASCII)"
 
 
 async def _chunks(request: Request, deadline: float) -> AsyncGenerator[bytes, None]:

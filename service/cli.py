@@ -48,6 +48,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from . import registry
     from .app import create_app
+    from .connection import with_header_timeout
     from .settings import Settings
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -69,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,
         timeout_keep_alive=settings.keep_alive_s,
+        http=with_header_timeout(settings.header_timeout_s),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     return 0

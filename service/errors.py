@@ -34,6 +34,20 @@ STATUS = {
 }
 
 
+#: Characters of a client's value that an error message quotes; past them the value is cut and its length
+#: given, so that a 5000-character model name or path is not echoed back in full.
+QUOTE_CHARS = 64
+
+
+def quote(value: object) -> str:
+    """A value from the client, safe and short to put in an error message: its repr, cut after
+    ``QUOTE_CHARS`` characters with its length added."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= QUOTE_CHARS:
+        return repr(value)
+    return f"{text[:QUOTE_CHARS]!r}... ({len(text)} characters)"
+
+
 class ServiceError(Exception):
     """An error answered with the common JSON shape. ``code`` picks the HTTP status (see STATUS)."""
 
@@ -66,10 +80,10 @@ def _validation_code(exc: RequestValidationError) -> tuple[str, str]:
         if loc[-1:] == ("top_k",):
             return (
                 "invalid_top_k",
-                f"top_k must be a positive integer (at most the model's label count); got {err.get('input')!r}",
+                f"top_k must be a positive integer (at most the model's label count); got {quote(err.get('input'))}",
             )
         if loc[-1:] == ("level",):
-            return "invalid_level", f"level must be one of {', '.join(haste.LEVELS)}; got {err.get('input')!r}"
+            return "invalid_level", f"level must be one of {', '.join(haste.LEVELS)}; got {quote(err.get('input'))}"
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()))
     return "invalid_request", f"{where}: {first.get('msg', 'invalid request')}"
@@ -90,9 +104,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            code, message = "not_found", f"no route {request.url.path}; see /docs"
+            code, message = "not_found", f"no route {quote(request.url.path)}; see /docs"
         elif exc.status_code == 405:
-            code, message = "method_not_allowed", f"{request.method} is not allowed on {request.url.path}"
+            code, message = "method_not_allowed", f"{request.method} is not allowed on {quote(request.url.path)}"
         elif exc.status_code == 413:
             code, message = "payload_too_large", str(exc.detail)
         elif exc.status_code == 415:

@@ -19,7 +19,7 @@ import haste
 from .batching import Job
 from .body import read_image
 from .decode import to_input
-from .errors import ServiceError, request_id_of
+from .errors import ServiceError, quote, request_id_of
 from .metrics import NO_LABEL
 from .responses import CLASSIFY_BODY, CLASSIFY_ERRORS, MODEL_ERRORS, READY_ERRORS, REQUEST_ID_HEADER
 from .schemas import ClassifyResponse, ModelDetail, ModelList, Status
@@ -99,7 +99,7 @@ def strict_query(request: Request) -> None:
     if unknown:
         raise ServiceError(
             "invalid_request",
-            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(quote, unknown))}; "
             f"accepted: {', '.join(QUERY)}",
         )
     counts = Counter(key for key, _ in items)
@@ -131,11 +131,11 @@ async def classify(
     settings = state.settings
     name = model or settings.default_model
     if name not in state.models:
-        raise ServiceError("unknown_model", f"unknown model {name!r}; served: {', '.join(state.models)}")
+        raise ServiceError("unknown_model", f"unknown model {quote(name)}; served: {', '.join(state.models)}")
     request.state.metric_model = name
     level = level or settings.default_level
     if level not in haste.LEVELS:
-        raise ServiceError("invalid_level", f"level must be one of {', '.join(haste.LEVELS)}; got {level!r}")
+        raise ServiceError("invalid_level", f"level must be one of {', '.join(haste.LEVELS)}; got {quote(level)}")
     request.state.metric_level = level
     served = state.models[name]
     if top_k > len(served.labels):
@@ -241,7 +241,7 @@ async def get_model(request: Request, name: str) -> dict:
     served images)."""
     state = service(request)
     if name not in state.models:
-        raise ServiceError("unknown_model", f"unknown model {name!r}; served: {', '.join(state.models)}")
+        raise ServiceError("unknown_model", f"unknown model {quote(name)}; served: {', '.join(state.models)}")
     return state.models[name].describe()
 
 

@@ -90,6 +90,14 @@ class Settings(BaseSettings):
         "the idle timeout of the load balancer in front (commonly 60 s), so that the server never closes a "
         "connection the balancer is about to reuse (a 502 for that request).",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's complete headers, from the connection opening or "
+        "the request's first byte; past it the connection is closed (slowloris: clients that trickle headers or "
+        "send nothing would otherwise hold a connection and a file descriptor for ever).",
+    )
     log_level: str = Field(
         default="info",
         description="Log level of uvicorn and the service: critical, error, warning, info, debug, trace.",

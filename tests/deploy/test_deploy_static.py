@@ -532,7 +532,7 @@ def test_compose_files_parse_with_a_strict_compose_parser(path):
 def test_compose_drain_fits_the_stop_grace_period_and_dashboards_stay_local():
     """docker stop waits stop_grace_period before SIGKILL: the service's drain must fit, with margin.
     Prometheus (no auth) and Grafana (admin/admin, anonymous viewers) are published on the host's
-    loopback only; the API is the one public port."""
+    loopback only (the API too unless HASTE_PUBLISH_ADDRESS says otherwise: test_deploy_security)."""
     for path in COMPOSE_FILES:
         api = _load_yaml(path)["services"]["api"]
         grace = re.fullmatch(r"(\d+)s", api["stop_grace_period"])
