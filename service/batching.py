@@ -6,10 +6,8 @@ the oldest has waited ``max_batch_delay``, or no other request of that level is 
 still being read or decoded): waiting cannot grow the batch then, so a lone request does not pay the
 delay. Requests past their deadline, or abandoned by their handler, are dropped before execution; a
 request taken into a batch before its deadline runs to completion and is answered (and counted), even if
-the batch ends after the deadline. The
-level is set with ``haste.compression`` inside the worker; per-image FLOPs are the dense count, measured
-once at start, minus what the HASTE layers saved (``haste.profile(dense_layers=False)``; level off runs
-unprofiled).
+the batch ends after the deadline. The batcher only queues and forms batches: warming the model, running
+a batch at its level and accounting its FLOPs are the served model's (``ServedModel.start`` and ``run``).
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ import haste
 
 from .errors import ServiceError
 from .metrics import Metrics
-from .registry import ServedModel, prepare_engine, report_engine, warm_up
+from .served import ServedModel
 from .settings import Settings
 
 log = logging.getLogger("service")
@@ -95,7 +93,6 @@ class Batcher:
         self._incoming: dict[str, int] = dict.fromkeys(haste.LEVELS, 0)
         self._size = 0
         self._stopping = False
-        self._dense_flops: float | None = None
         self.warm = threading.Event()
         self.failed: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"haste-batcher-{served.name}", daemon=True)
@@ -165,17 +162,14 @@ class Batcher:
         torch.set_num_threads(self.settings.torch_threads)
         try:
             with self._warm_lock:
-                prepare_engine(self.served)
-                warm_up(self.served, self.settings, stop=lambda: self._stopping)
-                report_engine(self.served)  # after warm-up: a fast engine that failed there has fallen back
+                started = self.served.start(self.settings, stop=lambda: self._stopping)
             self.metrics.engine_info.labels(self.served.name, self.served.engine).set(1)
         except Exception as exc:  # a model that cannot run is reported by /readyz, not served
             log.exception("warm-up of %s failed", self.served.name)
             self.failed = f"warm-up of {self.served.name} failed: {type(exc).__name__}: {exc}"
             return
-        if self._stopping:
+        if not started or self._stopping:
             return
-        self._dense_flops = self._measure_dense_flops()
         self.warm.set()
         while True:
             batch = self._next_batch()
@@ -224,38 +218,13 @@ class Batcher:
                 if jobs:
                     return level, jobs
 
-    def _measure_dense_flops(self) -> float:
-        """Dense multiply-adds per image (level off), from one profiled forward."""
-        x = torch.zeros((1, *self.served.input_shape), device=self.served.device)
-        with torch.inference_mode(), haste.compression("off"), haste.profile(self.served.model) as report:
-            self.served.model(x)
-        return report.per_image[0][0]
-
     def _execute(self, level: str, jobs: list[Job]) -> None:
-        """One forward pass of ``jobs`` at ``level``; resolve every job with its Result."""
+        """Run ``jobs`` as one batch at ``level`` on the served model; resolve every job with its Result."""
         start = time.monotonic()
-        name, model = self.served.name, self.served.model
-        x = torch.stack([job.inputs for job in jobs]).to(self.served.device)
-        t0 = time.perf_counter()
-        with torch.inference_mode(), haste.compression(level):
-            if level == "off":
-                logits = model(x)
-                rows = [(self._dense_flops, self._dense_flops, 0.0)] * len(jobs)
-            else:  # HASTE layers only (cheap); the other layers run dense: executed = dense - saved
-                with haste.profile(model, dense_layers=False) as report:
-                    logits = model(x)
-                dense = self._dense_flops
-                rows = [(dense, dense - (d - e - o), 0.0) for d, e, o in report.per_image]
-        probs = logits.float().softmax(dim=1).cpu()
-        seconds = time.perf_counter() - t0
-        if len(rows) != len(jobs):  # should not happen: one forward of the whole model per batch
-            raise RuntimeError(f"profile recorded {len(rows)} images for a batch of {len(jobs)}")
-        self.metrics.observe_batch(name, level, len(jobs), seconds)
-        ratios = []
-        for job, p, (dense, executed, overhead) in zip(jobs, probs, rows):
-            total = executed + overhead
-            ratios.append((dense - total) / dense if dense else 0.0)
-            self.metrics.observe_image(name, level, dense, total)
+        name = self.served.name
+        run = self.served.run(level, torch.stack([job.inputs for job in jobs]))
+        self.metrics.observe_batch(name, level, len(jobs), run.seconds)
+        for job, p, (dense, executed) in zip(jobs, run.probs, run.flops):
+            self.metrics.observe_image(name, level, dense, executed)
             self.metrics.queue_duration.labels(name, level).observe(start - job.enqueued)
-            job.resolve(Result(p, dense, total, start - job.enqueued, seconds, len(jobs)))
-        self.served.record_saving(level, ratios)
+            job.resolve(Result(p, dense, executed, start - job.enqueued, run.seconds, len(jobs)))

@@ -13,7 +13,7 @@ from .batching import Batcher
 from .decode import Limits
 from .errors import ServiceError
 from .metrics import Metrics
-from .registry import ServedModel
+from .served import ServedModel
 from .settings import Settings
 
 
