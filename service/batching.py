@@ -1,13 +1,16 @@
 """Dynamic batching: one worker thread per model runs batches keyed by level, off the event loop.
 
-Requests wait in a bounded per-model queue (one FIFO per level). The worker takes the level whose oldest
-request has waited longest and runs it as soon as ``max_batch_size`` requests of that level are waiting,
+Requests wait in a bounded per-model queue (one FIFO per level and priority). The worker takes the level
+whose oldest request has waited longest and runs it as soon as ``max_batch_size`` requests of that level are waiting,
 the oldest has waited ``max_batch_delay``, or no other request of that level is on its way (admitted and
 still being read or decoded): waiting cannot grow the batch then, so a lone request does not pay the
 delay. Requests past their deadline, or abandoned by their handler, are dropped before execution; a
 request taken into a batch before its deadline runs to completion and is answered (and counted), even if
-the batch ends after the deadline. The batcher only queues and forms batches: warming the model, running
-a batch at its level and accounting its FLOPs are the served model's (``ServedModel.start`` and ``run``).
+the batch ends after the deadline. Within a level, a batch takes the requests of the best priority first (1
+before 2, Triton's ``priority``), each priority in arrival order; a request's own ``timeout`` (Triton's,
+counted from when it is queued) shortens its deadline. The batcher only queues and forms batches: warming
+the model, running a batch at its level and accounting its FLOPs are the served model's
+(``ServedModel.start`` and ``run``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Job:
     deadline: float  # time.monotonic() seconds
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    priority: int = 1  # 1 runs first; see Settings.priority_levels
     enqueued: float = field(default_factory=time.monotonic)
     abandoned: bool = False  # set by the handler when it stops waiting (Batcher.abandon)
     started: bool = False  # set by the worker when it takes the job into a batch: it runs to completion
@@ -89,7 +93,10 @@ class Batcher:
         #: models warm one at a time and one model's latency table is not measured beside another's warm-up.
         self._warm_lock = warm_lock if warm_lock is not None else threading.Lock()
         self._cond = threading.Condition()
-        self._queues: dict[str, deque[Job]] = {level: deque() for level in haste.LEVELS}
+        #: level -> priority -> FIFO; priorities 1 (first) to settings.priority_levels.
+        self._queues: dict[str, dict[int, deque[Job]]] = {
+            level: {p: deque() for p in range(1, settings.priority_levels + 1)} for level in haste.LEVELS
+        }
         self._incoming: dict[str, int] = dict.fromkeys(haste.LEVELS, 0)
         self._size = 0
         self._stopping = False
@@ -104,9 +111,10 @@ class Batcher:
         """Stop taking batches; fail what is still queued with 503; join the worker."""
         with self._cond:
             self._stopping = True
-            leftovers = [job for q in self._queues.values() for job in q]
-            for q in self._queues.values():
-                q.clear()
+            leftovers = [job for level in self._queues.values() for q in level.values() for job in q]
+            for level in self._queues.values():
+                for q in level.values():
+                    q.clear()
             self._size = 0
             self._cond.notify_all()
         for job in leftovers:
@@ -151,7 +159,9 @@ class Batcher:
                     "retry later",
                     headers={"Retry-After": str(self.settings.retry_after_s)},
                 )
-            self._queues[job.level].append(job)
+            if job.priority not in self._queues[job.level]:
+                raise ValueError(f"priority must be 1 to {self.settings.priority_levels}; got {job.priority}")
+            self._queues[job.level][job.priority].append(job)
             self._size += 1
             self.metrics.queue_depth.labels(self.served.name).set(self._size)
             self._cond.notify()
@@ -190,31 +200,33 @@ class Batcher:
             while True:
                 if self._stopping:
                     return None
-                heads = [(q[0].enqueued, level) for level, q in self._queues.items() if q]
+                heads = [(q[0].enqueued, level) for level, qs in self._queues.items() for q in qs.values() if q]
                 if not heads:
                     self._cond.wait()
                     continue
                 oldest, level = min(heads)
-                queue = self._queues[level]
+                queues = self._queues[level]  # by priority, best first
+                waiting = sum(len(q) for q in queues.values())
                 wait = oldest + delay - time.monotonic()
-                if len(queue) < max_batch and wait > 0 and self._incoming[level] > 0:
+                if waiting < max_batch and wait > 0 and self._incoming[level] > 0:
                     self._cond.wait(wait)
                     continue
                 now = time.monotonic()
                 jobs, expired = [], []
-                while queue and len(jobs) < max_batch:
-                    job = queue.popleft()
-                    self._size -= 1
-                    if job.abandoned:
-                        continue
-                    if now >= job.deadline:
-                        expired.append(job)
-                    else:
-                        job.started = True  # from here on it runs and its handler answers it (abandon)
-                        jobs.append(job)
+                for queue in queues.values():
+                    while queue and len(jobs) < max_batch:
+                        job = queue.popleft()
+                        self._size -= 1
+                        if job.abandoned:
+                            continue
+                        if now >= job.deadline:
+                            expired.append(job)
+                        else:
+                            job.started = True  # from here on it runs and its handler answers it (abandon)
+                            jobs.append(job)
                 self.metrics.queue_depth.labels(self.served.name).set(self._size)
                 for job in expired:
-                    job.resolve(error=ServiceError("timeout", "request deadline passed before it could run"))
+                    job.resolve(error=ServiceError("timeout", "request deadline or timeout passed before it could run"))
                 if jobs:
                     return level, jobs
 
