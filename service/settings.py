@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         "/v2/models/{name}[/config|/infer]); health, readiness, /v2 and /metrics stay open. Unset or empty: no "
         "authentication. At least 16 characters, no whitespace; set it from a secret, never in a ConfigMap.",
     )
+    api_token_file: Path | None = Field(
+        default=None,
+        description="A file holding the API token (a mounted secret: compose's /run/secrets/..., a Kubernetes "
+        "secret volume), read at start; one trailing newline is dropped. Not together with api_token.",
+    )
     tracing: Literal["off", "console", "otlp"] = Field(
         default="off",
         description="OpenTelemetry tracing: off; console (spans printed to stdout); otlp (OTLP/HTTP export, "
@@ -137,6 +142,11 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("api_token_file", mode="before")
+    @classmethod
+    def _empty_file_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("api_token", mode="before")
     @classmethod
@@ -178,6 +188,22 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"HASTE_DEFAULT_MODEL {self.default_model!r} is not one of models {self.models} (HASTE_MODELS)"
             )
+        if self.api_token_file is not None:
+            if self.api_token is not None:
+                raise ValueError("set HASTE_API_TOKEN or HASTE_API_TOKEN_FILE, not both")
+            try:
+                text = self.api_token_file.read_text()
+            except OSError as exc:
+                raise ValueError(
+                    f"HASTE_API_TOKEN_FILE {str(self.api_token_file)!r} cannot be read: {exc.strerror}"
+                ) from None
+            text = text.removesuffix("\n").removesuffix("\r")
+            if not text:
+                raise ValueError(f"HASTE_API_TOKEN_FILE {str(self.api_token_file)!r} is empty")
+            try:
+                self.api_token = SecretStr(self._check_token(text))
+            except ValueError as exc:
+                raise ValueError(f"HASTE_API_TOKEN_FILE {str(self.api_token_file)!r}: {exc}") from None
         if self.default_priority_level is None:
             self.default_priority_level = self.priority_levels
         elif self.default_priority_level > self.priority_levels:
