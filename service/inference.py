@@ -110,6 +110,7 @@ def submit(
             loop=loop,
             priority=scheduling.priority,
         )
+        job.future.add_done_callback(_retrieved)
         try:
             batcher.submit(job)
         except BaseException:
@@ -159,6 +160,13 @@ async def wait(
             flops_saved=result.flops_dense - result.flops_executed,
         )
     return results
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """Mark a job's error as seen: a job whose handler gave up at its deadline may still be failed by the
+    worker (expired when popped), and asyncio would log the unread exception as an error."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _timeout_message(state: ServiceState, scheduling: Scheduling) -> str:

@@ -403,7 +403,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         body = await _read_body(request, cap, deadline)
         document, binary = _split(request, body)
         level = _parameter(document, request, "level", "x-haste-level") or settings.default_level
-        if level not in haste.LEVELS:
+        if not isinstance(level, str) or level not in haste.LEVELS:
             raise ServiceError("invalid_level", f"level must be one of {', '.join(haste.LEVELS)}; got {level!r}")
         request.state.metric_level = level
         top_k = _top_k(_parameter(document, request, "top_k", "x-haste-top-k"), len(served.labels))

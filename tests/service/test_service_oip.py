@@ -203,3 +203,46 @@ def test_health_routes_answer_without_the_model(client):
     assert client.get(f"/v2/models/{MODEL}/ready").json()["ready"] is True
     assert client.head("/v2/health/ready").status_code == 200
     assert httpx.get(str(client.base_url) + "/v2", timeout=10).json()["extensions"]
+
+
+def test_mangled_requests_never_answer_500(client):
+    """Seeded random mutations of a valid JSON infer request (fields replaced by values of other types, or
+    dropped): each answer is 200, a 4xx or a timeout's 504, in the protocol's shape; never a 500."""
+    import random
+
+    rng = random.Random(17)
+    junk = [None, True, 0, -1, 2**40, 1.5, float("1e308"), "", "x", "high", [], [1], ["x"], {}, {"a": 1}, [[[]]]]
+    valid = {
+        "id": "r",
+        "inputs": [_tensor()],
+        "outputs": [{"name": "labels", "parameters": {"binary_data": False}}],
+        "parameters": {"level": "high", "top_k": 2, "priority": 1, "timeout": 0},
+    }
+    paths = [
+        ("id",), ("inputs",), ("inputs", 0), ("inputs", 0, "name"), ("inputs", 0, "datatype"), ("inputs", 0, "shape"),
+        ("inputs", 0, "data"), ("inputs", 0, "parameters"), ("outputs",), ("outputs", 0), ("outputs", 0, "name"),
+        ("outputs", 0, "parameters"), ("parameters",), ("parameters", "level"), ("parameters", "top_k"),
+        ("parameters", "priority"), ("parameters", "timeout"), ("parameters", "binary_data_output"),
+    ]  # fmt: skip
+    statuses = set()
+    for _ in range(120):
+        document = json.loads(json.dumps(valid))
+        for _ in range(rng.randint(1, 3)):
+            *parents, last = rng.choice(paths)
+            target = document
+            try:
+                for key in parents:
+                    target = target[key]
+                if rng.random() < 0.2 and isinstance(target, dict):
+                    target.pop(last, None)
+                else:
+                    target[last] = rng.choice(junk)
+            except (KeyError, IndexError, TypeError):
+                continue
+        response = client.post(f"/v2/models/{MODEL}/infer", content=json.dumps(document))
+        statuses.add(response.status_code)
+        # 504: a tiny mangled timeout (microseconds) really passes before the request can run
+        assert response.status_code in (200, 504) or 400 <= response.status_code < 500, (document, response.text)
+        if response.status_code != 200:
+            assert set(response.json()) == {"error"}, response.text
+    assert 200 in statuses and 400 in statuses
