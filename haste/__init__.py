@@ -6,7 +6,7 @@ imported on first use: it loads torchvision, which ``import haste`` does not nee
 """
 
 from .convert import Conversion, conversion, convert, refresh, revert
-from .flops import count_flops
+from .counting import count_flops
 from .levels import DEFAULT_LEVEL, LEVELS, MAX_HYPERPLANES, compression
 from .module import HasteConv2d
 from .profile import LayerStats, Report, profile

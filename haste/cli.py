@@ -13,7 +13,14 @@ import sys
 
 from .levels import MAX_HYPERPLANES
 
-COMMAND_MODULES = ("haste_lab.train", "haste_lab.evaluate", "haste_lab.sweep", "haste_lab.bench", "service.cli")
+COMMAND_MODULES = (
+    "haste_lab.train",
+    "haste_lab.evaluate",
+    "haste_lab.sweep",
+    "haste_lab.bench",
+    "haste_lab.plan_search",
+    "service.cli",
+)
 
 
 def _integer(text: str, low: int, high: int | None, accepted: str) -> int:
@@ -49,6 +56,17 @@ def fraction(text: str) -> float:
         value = math.nan
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type of a finite number that may be 0 (a margin in standard errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number, 0 or more, got {text}")
     return value
 
 

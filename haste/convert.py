@@ -9,6 +9,7 @@ from torch import nn
 
 from .levels import MAX_HYPERPLANES, resolve_table
 from .module import HasteConv2d, check_options, unsupported
+from .plans import check_plan_layers, check_plans
 
 
 @dataclass
@@ -18,6 +19,8 @@ class Conversion:
     replaced: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    #: the level plans the layers run (engine -> level -> entries, ``haste.plans``); {} without plans
+    plans: dict = field(default_factory=dict)
 
 
 def skip_reason(conv: nn.Conv2d, index: int, *, start_layer: int, include_pointwise: bool) -> str | None:
@@ -53,6 +56,7 @@ def convert(
     max_hyperplanes: int | None = None,
     merge: str | None = None,
     levels: Mapping[str, object] | None = None,
+    plans: Mapping[str, object] | None = None,
 ) -> nn.Module:
     """Replace the eligible convs of ``model`` in place by HASTE wrappers and return ``model``.
 
@@ -77,6 +81,9 @@ def convert(
             integers, 0 (dense) or 1..max_hyperplanes; the default table must fit max_hyperplanes too. By
             default, a model with a card uses the calibrated table of its card when the options equal the ones
             it was calibrated with (always, unless an option is passed that differs), and ``haste.LEVELS`` otherwise.
+        plans: what each level runs per engine and batch size (``haste.plans``: engine -> level -> entries). By
+            default the card's plans, when the card's levels are used (no ``levels`` passed) and the options equal
+            the calibrated ones; none otherwise (each level then runs its table at every batch size).
 
     Grouped/depthwise, dilated and non-zero-padded convs, convs whose class overrides nn.Conv2d's forward
     (the wrapper would bypass it), convs with module hooks (e.g. the old ``nn.utils.weight_norm``) and
@@ -100,7 +107,7 @@ def convert(
     check_options(**options)
     record = conversion(model)
     if record is not None:
-        return _reconverted(model, record, {k: v for k, v in given.items() if v is not None}, levels)
+        return _reconverted(model, record, {k: v for k, v in given.items() if v is not None}, levels, plans)
     _check_not_partly_converted(model)
     patch_size, sparsity, hash, seed = options["patch_size"], options["sparsity"], options["hash"], options["seed"]
     start_layer, include_pointwise = options["start_layer"], options["include_pointwise"]
@@ -129,7 +136,14 @@ def convert(
         raise ValueError(f"no convolution of this model can be converted: {_summary(record.skipped)}")
     if levels is None:
         levels = card_levels(model, record.options)
-    check_layer_names(levels, [n for names in aliases.values() for n in names])
+        if plans is None and levels is not None:
+            plans = _calibration(model).get("plans")
+    names = [n for names in aliases.values() for n in names]
+    check_layer_names(levels, names)
+    if plans:
+        plans = check_plans(plans)
+        check_plan_layers(plans, names)
+    record.plans = dict(plans or {})
     wrappers = [  # all built (and their levels checked) before the model changes
         HasteConv2d(
             conv,
@@ -141,6 +155,7 @@ def convert(
             max_hyperplanes=options["max_hyperplanes"],
             levels=levels,
             merge=options["merge"],
+            plans=record.plans,
         )
         for index, name, conv in chosen
     ]
@@ -177,10 +192,14 @@ def layer_hint(conv_names: list[str]) -> str:
     return f"layer groups {', '.join(groups)} (conv names such as {', '.join(conv_names[1:3] or conv_names)})"
 
 
-def _reconverted(model: nn.Module, record: Conversion, given: dict, levels: Mapping[str, object] | None) -> nn.Module:
-    """``model`` (already converted as ``record`` says) if ``given`` options and ``levels`` agree with that
-    conversion; else ValueError."""
+def _reconverted(
+    model: nn.Module, record: Conversion, given: dict, levels: Mapping[str, object] | None, plans: object = None
+) -> nn.Module:
+    """``model`` (already converted as ``record`` says) if ``given`` options, ``levels`` and ``plans`` agree with
+    that conversion; else ValueError."""
     differ = {k: v for k, v in given.items() if record.options.get(k) != v}
+    if plans is not None and dict(plans) != record.plans:
+        differ["plans"] = plans
     if levels is not None:
         for name in record.replaced:
             layer = model.get_submodule(name)

@@ -10,6 +10,7 @@ from torch import nn
 
 from . import engine
 from . import levels as _levels
+from . import plans as _plans
 from .flops import conv_flops, haste_flops, tile_sums
 from .functional import check_merge, conv_padding
 from .lsh import FAMILIES, sample_hyperplanes
@@ -145,6 +146,8 @@ class HasteConv2d(nn.Module):
             or 1..max_hyperplanes; default ``haste.LEVELS``.
         merge: "mean" (the paper) or "scaled" (within-channel hashing, least-squares scaled filter merge;
             see ``haste.functional``).
+        plans: per engine and level, what this layer runs at each batch size (``haste.plans``: engine -> level ->
+            entries); a level without a plan for the engine that runs uses ``levels`` at every batch size.
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class HasteConv2d(nn.Module):
         max_hyperplanes: int = _levels.MAX_HYPERPLANES,
         levels: dict[str, int] | None = None,
         merge: str = "mean",
+        plans: dict | None = None,
     ) -> None:
         super().__init__()
         reason = unsupported(conv)
@@ -177,6 +181,8 @@ class HasteConv2d(nn.Module):
         self.max_hyperplanes = max_hyperplanes
         self.merge = check_merge(merge)
         self.levels = _levels.resolve_table(levels, name, max_hyperplanes)
+        #: engine -> level -> LayerPlan (haste.plans); empty without plans
+        self.plans = _plans.layer_plans(_plans.check_plans(plans), name, max_hyperplanes) if plans else {}
         self.padding = conv_padding(conv)
         region = tuple((patch_size - 1) * s + k for s, k in zip(conv.stride, conv.kernel_size))
         planes = sample_hyperplanes(max_hyperplanes, region[0] * region[1], family=hash, sparsity=sparsity, seed=seed)
@@ -232,17 +238,29 @@ class HasteConv2d(nn.Module):
             self._geometry[size] = geo
         return geo
 
-    def hyperplanes(self, setting: _levels.Setting | None = None) -> int:
-        """Hyperplanes this layer uses for ``setting`` (default: the current context's); 0 = dense."""
+    def hyperplanes(
+        self, setting: _levels.Setting | None = None, *, batch: int | None = None, engine: str | None = None
+    ) -> int:
+        """Hyperplanes this layer uses for ``setting`` (default: the current context's); 0 = dense. With the
+        ``batch`` size and the ``engine`` that runs it, a level's plan for that engine decides (``haste.plans``);
+        else the level table."""
         setting = setting or _levels.current()
         if setting.hyperplanes is not None:
             return _levels.check_hyperplanes(setting.hyperplanes, self.max_hyperplanes)
+        if batch is not None and engine is not None:
+            plan = self.plans.get(engine, {}).get(setting.level)
+            if plan is not None:
+                return plan.at(batch)
         return self.levels[setting.level]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, _Proxy):  # torch.fx symbolic tracing: one call of this module (a leaf)
             return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), (x,), {})
-        hyperplanes = self.hyperplanes()
+        setting = _levels.current()
+        name = None
+        if self.plans and setting.level not in (None, "off"):  # a plan is per engine and batch size
+            name = engine.choose(x, self.conv.weight)
+        hyperplanes = self.hyperplanes(setting, batch=x.shape[0] if x.dim() == 4 else 1, engine=name)
         collector = active()
         if hyperplanes == 0:
             conv = self.conv
@@ -266,7 +284,7 @@ class HasteConv2d(nn.Module):
                 f"{self.name or 'HasteConv2d'} expects {self.conv.in_channels} input channels; got {x.shape[1]}"
             )
         weight = self.conv.weight
-        name = engine.choose(x, weight)
+        name = name or engine.choose(x, weight)
         geo = self._geometry_for((x.shape[2], x.shape[3]))  # checks the size, naming the layer
         if name == "cpu":  # the per-call fast path: operands cached, sizes checked once
             y, _, sums = engine.cpu_conv2d(x, *self._cpu_operands(hyperplanes), *self._static)

@@ -5,6 +5,8 @@ same batch of real images, interleaved (one forward of each per round, the order
 after warm-up; medians, min and max over rounds. Reports latency, images/s, FLOPs saving (overhead
 included, from ``haste.profile``) and the latency ratio level / dense beside the FLOPs ratio, and the
 issue's bar ``ratio <= 1 - 0.5 * saving``. ``--stages`` adds where the CPU kernel's time goes.
+On CUDA (``--device cuda``) every timed forward is bracketed by ``torch.cuda.synchronize()``, so it counts
+the kernels' time, not only their launch.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ DEFAULT_MODELS = ("fmnist-resnet18", "fmnist-resnet34", "fmnist-vgg16_bn", "resn
 
 def _real_images(card: dict, batch: int) -> tuple[torch.Tensor, str]:
     """A batch of real images preprocessed for the model: Fashion-MNIST test images for Fashion-MNIST
-    models, scikit-image's sample photos otherwise."""
+    models, scikit-image's sample photos otherwise (random pixels when scikit-image is not installed: the
+    source says which)."""
     from haste.preprocess import InputSpec, preprocess
 
     spec = InputSpec.from_dict({k: card["input"][k] for k in ("mode", "resize", "crop", "pad", "mean", "std")})
@@ -42,7 +45,12 @@ def _real_images(card: dict, batch: int) -> tuple[torch.Tensor, str]:
         images, _ = fashion_mnist("test")
         return inputs(images[:batch], spec), "Fashion-MNIST test images"
     from PIL import Image
-    from skimage import data as samples
+
+    try:
+        from skimage import data as samples
+    except ImportError:  # e.g. a GPU host with only the serving dependencies
+        size = card["input"]["crop"] or card["input"]["resize"]
+        return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)), "random pixels"
 
     photos = [samples.astronaut(), samples.coffee(), samples.chelsea(), samples.rocket(), samples.hubble_deep_field()]
     tensors = [preprocess(Image.fromarray(photos[i % len(photos)]), spec) for i in range(batch)]
@@ -83,16 +91,20 @@ def bench_model(
     warmup: int = 3,
     stages: bool = False,
     layers: bool = False,
+    device: str = "cpu",
     log=print,
 ) -> dict:
     """Benchmark one model; see the module docstring. ``layers``: also time every HASTE layer alone,
-    dense and at each level (``haste_lab.layer_times``)."""
+    dense and at each level (``haste_lab.layer_times``; CPU only, as ``stages``). ``device``: cpu or cuda."""
     model, card, weights = load_model(name)
-    dense = copy.deepcopy(model).eval()
+    dense = copy.deepcopy(model).eval().to(device)
     convert(model)
-    result = {"model": name, "weights": weights, "batches": []}
+    model.to(device)
+    timed = seconds if torch.device(device).type != "cuda" else _cuda_seconds
+    result = {"model": name, "weights": weights, "device": device, "batches": []}
     for batch in batches:
         x, source = _real_images(card, batch)
+        x = x.to(device)
         variants = {"dense": lambda x=x: dense(x)}
         for level in levels:
             variants[level] = lambda level=level, x=x: forward_at(model, x, level)
@@ -105,7 +117,7 @@ def bench_model(
             for r in range(rounds):
                 rotated = order[r % len(order) :] + order[: r % len(order)]
                 for key in rotated:
-                    times[key].append(seconds(variants[key]))
+                    times[key].append(timed(variants[key]))
             savings = {}
             for level in levels:
                 with profile(model) as report, compression(level):
@@ -139,6 +151,15 @@ def bench_model(
                 f"{row['max_ms']:.2f})  {row['images_per_s']:8.1f} img/s  saving {row['flops_saving']:.3f}  "
                 f"ratio {row['latency_ratio']:.3f} (bar {row['bar']:.3f})")  # fmt: skip
     return result
+
+
+def _cuda_seconds(fn) -> float:
+    """Wall-clock seconds of one call of ``fn`` with the CUDA queue drained before and after."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def _level_hyperplanes(model, level: str):
@@ -220,9 +241,15 @@ def _stages(model, x, levels) -> dict:
     return out
 
 
-def run(models, *, batches, levels, rounds, warmup, threads, stages, out: Path | None, layers=False, log=print) -> dict:
+def run(
+    models, *, batches, levels, rounds, warmup, threads, stages, out: Path | None, layers=False, device="cpu", log=print
+) -> dict:
     torch.set_num_threads(threads)
-    engine.cpu_kernel_available()
+    cuda = torch.device(device).type == "cuda"
+    if cuda and (stages or layers):
+        raise ValueError("--stages and --layers profile the CPU kernel: use them with --device cpu")
+    if not cuda:
+        engine.cpu_kernel_available()
     report = {
         "protocol": f"torch threads {threads}; {warmup} warm-up rounds, then {rounds} rounds of one forward per "
         "variant, interleaved with the order rotated each round; medians, min, max",
@@ -230,9 +257,13 @@ def run(models, *, batches, levels, rounds, warmup, threads, stages, out: Path |
                     "engine": "cpu" if engine._module else f"reference ({engine.unavailable})"},
         "levels": dict(LEVELS),
         "models": [bench_model(m, batches=batches, levels=levels, rounds=rounds, warmup=warmup, stages=stages,
-                               layers=layers, log=log)
+                               layers=layers, device=device, log=log)
                    for m in models],
     }  # fmt: skip
+    if cuda:
+        report["machine"].update(device=device, gpu=torch.cuda.get_device_name(),
+                                 engine="triton" if engine.triton_failed is None and engine._triton_available()
+                                 else f"reference ({engine.triton_failed or 'Triton is not installed'})")  # fmt: skip
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
@@ -336,6 +367,12 @@ def add_command(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     p.add_argument("--stages", action="store_true", help="also profile the CPU kernel's stages")
     p.add_argument("--layers", action="store_true", help="also time every HASTE layer alone, dense and per level")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="where the models run (default cpu; cuda: the Triton engine)",
+    )
     p.add_argument("--json", dest="out", type=Path, help="write the report to this JSON file")
     p.add_argument("--markdown", type=Path, help="print the README table of a report written with --json, and exit")
     p.set_defaults(func=_cli)
@@ -375,6 +412,8 @@ def _cli(args) -> int:
         return 0
     for name in args.models:
         check_model_name(name)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("haste bench: error: --device cuda but CUDA is not available")
     run(args.models, batches=args.batch, levels=args.levels, rounds=args.rounds, warmup=args.warmup,
-        threads=args.threads, stages=args.stages, layers=args.layers, out=args.out)  # fmt: skip
+        threads=args.threads, stages=args.stages, layers=args.layers, device=args.device, out=args.out)  # fmt: skip
     return 0

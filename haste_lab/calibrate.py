@@ -15,13 +15,14 @@ settings are then measured on the test split with the shipped seed and written i
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
 
 from haste import zoo
-from haste.cli import positive_int
+from haste.cli import non_negative_float, positive_int
 from haste.convert import conversion, convert
 
 from .evaluate import CONVERT_DEFAULTS, add_data_arguments, command_line, dense_copy, load_data, predict, summarise
@@ -30,16 +31,31 @@ from .sweep import AXES, add_grid_arguments, conv_names, matching, schedule_tabl
 #: The conversion options a calibration is for (one value each; the seed comes from --seeds).
 OPTION_AXES = tuple(a for a in AXES if a != "schedule")
 
-#: Largest accuracy drop (points, on the calibration split) allowed per level.
+#: Largest accuracy drop (points) allowed per level.
 BUDGETS = {"low": 0.5, "medium": 1.0, "high": 2.0}
 
+#: Standard errors of the measured drop kept between a level's calibration drop and its budget, so that the
+#: budget still holds on other images (the test split): 1.64, one-sided 95%.
+MARGIN_Z = 1.64
 
-def choose(summary: list[dict], budgets: dict[str, float] = BUDGETS) -> dict[str, dict]:
-    """For every level, the summary row with the largest mean saving whose mean drop is within the
-    level's budget (None if no row is)."""
+
+def standard_error(row: dict, images: int) -> float:
+    """Standard error (points) of a measured drop on ``images`` images: each image is a paired trial, the
+    drop a mean of +1/0/-1 outcomes, at most sqrt(disagreement / images)."""
+    return 100 * math.sqrt(max(1 - row["agreement_mean"], 0.0) / images)
+
+
+def choose(
+    summary: list[dict], budgets: dict[str, float] = BUDGETS, *, images: int | None = None, z: float = MARGIN_Z
+) -> dict[str, dict]:
+    """For every level, the summary row with the largest mean saving whose mean drop, plus ``z`` standard
+    errors on ``images`` calibration images (none without ``images``), is within the level's budget (None
+    if no row is)."""
     chosen = {}
     for level, budget in budgets.items():
-        within = [r for r in summary if r["drop_points_mean"] <= budget]
+        within = [
+            r for r in summary if r["drop_points_mean"] + (z * standard_error(r, images) if images else 0) <= budget
+        ]
         chosen[level] = max(within, key=lambda r: r["saving_mean"]) if within else None
     return chosen
 
@@ -51,6 +67,7 @@ def calibrate(
     grid: dict | None = None,
     options: dict | None = None,
     budgets: dict[str, float] = BUDGETS,
+    margin_z: float = MARGIN_Z,
     split: str = "calibration",
     test_split: str = "test",
     data_dir: str | None = None,
@@ -94,7 +111,7 @@ def calibrate(
     if not same:
         raise ValueError(f"no run of the sweep used the conversion options {options}")
     summary = summarize(same)
-    chosen = choose(summary, budgets)
+    chosen = choose(summary, budgets, images=swept["images"], z=margin_z)
 
     dense = zoo.load(model_name)
     card = dense.haste_card
@@ -120,6 +137,7 @@ def calibrate(
                 "budget_points": budgets[level],
                 "calibration_drop": row["drop_points_mean"],
                 "calibration_drop_std": row["drop_points_std"],
+                "calibration_margin": margin_z * standard_error(row, swept["images"]),
                 "calibration_saving": row["saving_mean"],
                 "calibration_seeds": row["seeds"],
                 "test_dense_accuracy": measured["dense_accuracy"],
@@ -152,7 +170,11 @@ def calibrate(
             "test_split": test_split,
             "test_images": test.size,
             "budgets_points": budgets,
-            "criterion": "largest mean saving (overhead included) with mean drop over seeds within the budget",
+            "criterion": (
+                f"largest mean saving (overhead included) whose mean drop over seeds plus {margin_z} standard errors "
+                "(sqrt(disagreement / images)) is within the budget"
+            ),
+            "margin_z": margin_z,
             "candidates": summary,
             "command": command,
         },
@@ -179,6 +201,12 @@ def add_command(sub) -> None:
     add_grid_arguments(p)
     add_data_arguments(p, split="calibration")
     p.add_argument("--test-limit", type=positive_int, help="use only the first K test images")
+    p.add_argument(
+        "--margin",
+        type=non_negative_float,
+        default=MARGIN_Z,
+        help=f"standard errors of the calibration drop kept below each budget (default {MARGIN_Z})",
+    )
     p.add_argument("--out", help="write the calibration to this path (.json)")
     p.add_argument("--write-card", action="store_true", help="store the levels in the model card")
     p.set_defaults(func=_run)
@@ -203,6 +231,7 @@ def _run(args) -> int:
         data_dir=args.data_dir,
         limit=args.limit,
         test_limit=args.test_limit,
+        margin_z=args.margin,
         batch_size=args.batch_size,
         out=args.out,
         write_card=args.write_card,

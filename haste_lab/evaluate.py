@@ -197,7 +197,9 @@ def evaluate(
     card = model.haste_card
     data = load_data(card, dataset=dataset, split=split, data_dir=data_dir, limit=limit)
     dense_preds, labels, _ = predict(model, data, level="off", batch_size=batch_size)
-    convert(model, **options)  # options not given: the card's calibrated ones, else the defaults
+    # options not given: the card's calibrated ones, else the defaults; the level tables themselves, not the
+    # per-batch-size plans (a plan runs a subset of its table's HASTE layers: the table is the accuracy floor)
+    convert(model, **options, plans={})
     preds, _, report = predict(model, data, level=level, hyperplanes=hyperplanes, batch_size=batch_size)
     record = conversion(model)
     result = {

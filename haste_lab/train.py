@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from haste.cli import positive_int
-from haste.flops import count_flops
+from haste.counting import count_flops
 from haste.preprocess import normalize
 from haste.zoo import WEIGHTS_DIR, build, paths
 from haste.zoo.registry import entry

@@ -24,6 +24,8 @@ CASES = [
     (12, 20, 3, 1, 1, (10, 9), 4, 9, "ternary"),
     (24, 7, 3, 2, 1, (13, 12), 2, 16, "gaussian"),
     (64, 16, 3, 1, 1, (4, 4), 8, 40, "gaussian"),
+    # the most hyperplanes a layer may have: 8 plane vectors on an 8-lane (AVX2) build, 4 on AVX-512
+    (16, 24, 3, 1, 1, (9, 9), 4, 62, "gaussian"),
     # wide output: two 64-channel micro-kernel blocks and a scalar remainder of 2 channels
     (32, 130, 3, 1, 1, (8, 8), 4, 5, "ternary"),
 ]

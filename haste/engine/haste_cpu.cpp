@@ -41,15 +41,24 @@ std::array<std::atomic<int64_t>, kStages> stage_ns{};
 #define STAGE(id)
 #endif
 
-typedef float v16 __attribute__((vector_size(64)));  // AVX-512: one register; AVX2: two
+// One native vector register: 16 floats with AVX-512, else 8 (AVX2). A wider type than the hardware's is
+// split by the compiler into pieces kept in memory: the 16-float type on an AVX2 machine made every kernel
+// stage several times slower (the model 4-8x slower than dense).
+#ifdef __AVX512F__
+constexpr int W = 16;
+#else
+constexpr int W = 8;
+#endif
+typedef float vec __attribute__((vector_size(W * sizeof(float))));
+constexpr int kMaxNV = 64 / W;  // vectors of up to 63 hyperplanes plus the scaled merge's sum lane
 
-inline v16 load16(const float* p) {
-  v16 v;
+inline vec loadv(const float* p) {
+  vec v;
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
 
-inline void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+inline void storev(float* p, vec v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
 // The GEMM of one tile reads every bucket where it lives: a singleton bucket's region in the padded
 // input and its filter rows in the weight; a merged bucket's mean region and summed filter rows in
@@ -62,20 +71,20 @@ inline void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 // summing a merged bucket's filter rows inside the micro-kernel instead of once per tile (width-32
 // ResNet34, batch 32: merge 16.6 -> 10.0 ms but GEMM 103 -> 127 ms of thread time).
 
-// out[q][oc..oc+16*NV) = sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc..oc+16*NV), PB pixels q.
+// out[q][oc..oc+W*NV) = sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc..oc+W*NV), PB pixels q.
 template <int PB, int NV>
 inline void micro(int64_t ng, int64_t kk, int64_t o, int64_t oc, const float* const* regs, const float* const* filts,
                   const int* base, const int* koff, float* const* out, const float* bias) {
-  v16 acc[NV][PB];
+  vec acc[NV][PB];
   for (int v = 0; v < NV; ++v)
-    for (int q = 0; q < PB; ++q) acc[v][q] = v16{};
+    for (int q = 0; q < PB; ++q) acc[v][q] = vec{};
   for (int64_t b = 0; b < ng; ++b) {
     const float* ap[PB];
     for (int q = 0; q < PB; ++q) ap[q] = regs[b] + base[q];
     const float* f = filts[b] + oc;
     for (int64_t j = 0; j < kk; ++j) {
-      v16 fv[NV];
-      for (int v = 0; v < NV; ++v) fv[v] = load16(f + j * o + 16 * v);
+      vec fv[NV];
+      for (int v = 0; v < NV; ++v) fv[v] = loadv(f + j * o + W * v);
       const int oj = koff[j];
       for (int q = 0; q < PB; ++q) {
         const float av = ap[q][oj];
@@ -84,8 +93,8 @@ inline void micro(int64_t ng, int64_t kk, int64_t o, int64_t oc, const float* co
     }
   }
   for (int v = 0; v < NV; ++v) {
-    const v16 bv = bias ? load16(bias + oc + 16 * v) : v16{};
-    for (int q = 0; q < PB; ++q) store16(out[q] + oc + 16 * v, acc[v][q] + bv);
+    const vec bv = bias ? loadv(bias + oc + W * v) : vec{};
+    for (int q = 0; q < PB; ++q) storev(out[q] + oc + W * v, acc[v][q] + bv);
   }
 }
 
@@ -104,7 +113,7 @@ inline void by_pixels(int64_t pb, Args... args) {
   }
 }
 
-// Output channels [oc, oc + 16 * NV) for all np pixels, in blocks of up to PB pixels.
+// Output channels [oc, oc + W * NV) for all np pixels, in blocks of up to PB pixels.
 template <int NV, int PB>
 inline void gemm_block(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t oc, const float* const* regs,
                        const float* const* filts, const int* base, const int* koff, float* const* out,
@@ -114,16 +123,20 @@ inline void gemm_block(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t oc
 }
 
 // out[q][oc0..oc1) = bias + sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc0..oc1), in place:
-// 64 output channels x 6 pixels per micro-kernel call where possible (24 accumulators, 4 filter
-// registers: the fewest loads per multiply-add), then 32 x 8, then 16 x 8, then scalar.
+// with AVX-512, 64 output channels x 6 pixels per micro-kernel call where possible (24 accumulators, 4
+// filter registers: the fewest loads per multiply-add), then 32 x 8, then 16 x 8; with AVX2, 16 x 6; then scalar.
 void gemm_buckets(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t oc0, int64_t oc1, const float* const* regs,
                   const float* const* filts, const int* base, const int* koff, float* const* out,
                   const float* bias) {
   const int64_t o16 = std::min(oc1, o / 16 * 16);
   int64_t oc = oc0;
+#ifdef __AVX512F__  // 32 registers
   for (; oc + 64 <= o16; oc += 64) gemm_block<4, 6>(np, ng, kk, o, oc, regs, filts, base, koff, out, bias);
   for (; oc + 32 <= o16; oc += 32) gemm_block<2, 8>(np, ng, kk, o, oc, regs, filts, base, koff, out, bias);
   for (; oc + 16 <= o16; oc += 16) gemm_block<1, 8>(np, ng, kk, o, oc, regs, filts, base, koff, out, bias);
+#else  // 16 registers: 16 output channels x 6 pixels = 12 accumulators, 2 filter registers and a broadcast
+  for (; oc + 16 <= o16; oc += 16) gemm_block<2, 6>(np, ng, kk, o, oc, regs, filts, base, koff, out, bias);
+#endif
   for (int64_t q = 0; q < np; ++q)  // output channels beyond a multiple of 16
     for (int64_t c = oc; c < oc1; ++c) {
       float acc = bias ? bias[c] : 0.f;
@@ -134,14 +147,18 @@ void gemm_buckets(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t oc0, in
 }
 
 // Bit l set where lane l of v is > 0.
-inline uint64_t sign_bits(v16 v) {
-#ifdef __AVX512F__
+inline uint64_t sign_bits(vec v) {
+#if defined(__AVX512F__)
   __m512 r;
   __builtin_memcpy(&r, &v, sizeof(r));
   return static_cast<uint64_t>(_mm512_cmp_ps_mask(r, _mm512_setzero_ps(), _CMP_GT_OQ));
+#elif defined(__AVX__)
+  __m256 r;
+  __builtin_memcpy(&r, &v, sizeof(r));
+  return static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(r, _mm256_setzero_ps(), _CMP_GT_OQ)));
 #else
   uint64_t bits = 0;
-  for (int l = 0; l < 16; ++l) bits |= static_cast<uint64_t>(v[l] > 0.f) << l;
+  for (int l = 0; l < W; ++l) bits |= static_cast<uint64_t>(v[l] > 0.f) << l;
   return bits;
 #endif
 }
@@ -151,63 +168,81 @@ void grow(std::vector<T>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(n);
 }
 
-// Projections of NC channel regions on L <= 16*NV planes: NC*NV independent accumulators, one
-// broadcast multiply-add per region pixel and register. rt: planes transposed (rh*rw, 16*NV).
+// Projections of NC channel regions on L <= W*NV planes: NC*NV independent accumulators, one
+// broadcast multiply-add per region pixel and register. rt: planes transposed (rh*rw, W*NV).
 template <int NC, int NV>
 inline void project(const float* const* r, int64_t rs, int64_t rh, int64_t rw, const float* rt, float* proj) {
-  v16 acc[NC][NV];
+  vec acc[NC][NV];
   for (int a = 0; a < NC; ++a)
-    for (int v = 0; v < NV; ++v) acc[a][v] = v16{};
+    for (int v = 0; v < NV; ++v) acc[a][v] = vec{};
   for (int64_t ry = 0; ry < rh; ++ry)
     for (int64_t rx = 0; rx < rw; ++rx) {
-      const float* row = rt + (ry * rw + rx) * 16 * NV;
-      v16 pl[NV];
-      for (int v = 0; v < NV; ++v) pl[v] = load16(row + 16 * v);
+      const float* row = rt + (ry * rw + rx) * W * NV;
+      vec pl[NV];
+      for (int v = 0; v < NV; ++v) pl[v] = loadv(row + W * v);
       for (int a = 0; a < NC; ++a) {
         const float val = r[a][ry * rs + rx];
         for (int v = 0; v < NV; ++v) acc[a][v] += val * pl[v];
       }
     }
   for (int a = 0; a < NC; ++a)
-    for (int v = 0; v < NV; ++v) store16(proj + (a * NV + v) * 16, acc[a][v]);
+    for (int v = 0; v < NV; ++v) storev(proj + (a * NV + v) * W, acc[a][v]);
 }
 
 template <int NV>
 void project_all(const float* const* ptr, int64_t c, int64_t rs, int64_t rh, int64_t rw, const float* rt,
                  float* proj) {
-  // 8 independent multiply-add chains hide the FMA latency: 8 channels x 1 register, 4 x 2, ...
-  constexpr int NC = NV == 1 ? 8 : 4;
+  // 8 or more independent multiply-add chains hide the FMA latency, within the registers: NC channels x NV
+  // plane vectors accumulate (AVX-512: 8 x 1, else 4 x NV; AVX2: 8 x 1, 4 x 2, 4 x 3, 2 x 4..6, 1 x 7..8)
+  constexpr int NC = NV == 1 ? 8 : (W == 16 || NV <= 3) ? 4 : NV <= 6 ? 2 : 1;
   int64_t ch = 0;
-  for (; ch + NC <= c; ch += NC) project<NC, NV>(ptr + ch, rs, rh, rw, rt, proj + ch * 16 * NV);
-  for (; ch < c; ++ch) project<1, NV>(ptr + ch, rs, rh, rw, rt, proj + ch * 16 * NV);
+  for (; ch + NC <= c; ch += NC) project<NC, NV>(ptr + ch, rs, rh, rw, rt, proj + ch * W * NV);
+  for (; ch < c; ++ch) project<1, NV>(ptr + ch, rs, rh, rw, rt, proj + ch * W * NV);
+}
+
+// project_all instantiated for the nv plane vectors of this call (1..kMaxNV).
+inline void by_planes(int nv, const float* const* ptr, int64_t c, int64_t rs, int64_t rh, int64_t rw, const float* rt,
+                      float* proj) {
+  switch (nv) {
+    case 1: return project_all<1>(ptr, c, rs, rh, rw, rt, proj);
+    case 2: return project_all<2>(ptr, c, rs, rh, rw, rt, proj);
+    case 3: return project_all<3>(ptr, c, rs, rh, rw, rt, proj);
+    case 4: return project_all<4>(ptr, c, rs, rh, rw, rt, proj);
+#if !defined(__AVX512F__)
+    case 5: return project_all<5>(ptr, c, rs, rh, rw, rt, proj);
+    case 6: return project_all<6>(ptr, c, rs, rh, rw, rt, proj);
+    case 7: return project_all<7>(ptr, c, rs, rh, rw, rt, proj);
+    case 8: return project_all<8>(ptr, c, rs, rh, rw, rt, proj);
+#endif
+  }
 }
 
 // f[e] = sum over the members i of beta[i] * WT[member_i * fo + e] for e in [e0, e1) (beta[0] is not read:
-// the first member is unweighted; beta[i] = 1 gives a plain sum, x * 1 being exact), 64 floats at a time
+// the first member is unweighted; beta[i] = 1 gives a plain sum, x * 1 being exact), 4 vectors at a time
 // in 4 independent registers.
 void sum_span(float* f, const float* WT, int64_t fo, int64_t e0, int64_t e1, const int* members, int size,
               const float* beta) {
   int64_t e = e0;
-  for (; e + 64 <= e1; e += 64) {
+  for (; e + 4 * W <= e1; e += 4 * W) {
     const float* w0 = WT + members[0] * fo + e;
-    v16 a0 = load16(w0), a1 = load16(w0 + 16), a2 = load16(w0 + 32), a3 = load16(w0 + 48);
+    vec a0 = loadv(w0), a1 = loadv(w0 + W), a2 = loadv(w0 + 2 * W), a3 = loadv(w0 + 3 * W);
     for (int i = 1; i < size; ++i) {
       const float* wi = WT + members[i] * fo + e;
       const float bi = beta[i];
-      a0 += bi * load16(wi);
-      a1 += bi * load16(wi + 16);
-      a2 += bi * load16(wi + 32);
-      a3 += bi * load16(wi + 48);
+      a0 += bi * loadv(wi);
+      a1 += bi * loadv(wi + W);
+      a2 += bi * loadv(wi + 2 * W);
+      a3 += bi * loadv(wi + 3 * W);
     }
-    store16(f + e, a0);
-    store16(f + e + 16, a1);
-    store16(f + e + 32, a2);
-    store16(f + e + 48, a3);
+    storev(f + e, a0);
+    storev(f + e + W, a1);
+    storev(f + e + 2 * W, a2);
+    storev(f + e + 3 * W, a3);
   }
-  for (; e + 16 <= e1; e += 16) {
-    v16 a0 = load16(WT + members[0] * fo + e);
-    for (int i = 1; i < size; ++i) a0 += beta[i] * load16(WT + members[i] * fo + e);
-    store16(f + e, a0);
+  for (; e + W <= e1; e += W) {
+    vec a0 = loadv(WT + members[0] * fo + e);
+    for (int i = 1; i < size; ++i) a0 += beta[i] * loadv(WT + members[i] * fo + e);
+    storev(f + e, a0);
   }
   for (; e < e1; ++e) {
     float a0 = WT[members[0] * fo + e];
@@ -265,7 +300,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   const int64_t th = (hout + patch - 1) / patch, tw = (wout + patch - 1) / patch, tiles = th * tw;
   // 0. pad once: rows/cols the tiles need, zeros outside the image; slack for full-vector over-reads
   const int64_t hp = (th * patch - 1) * sh + kh, wp = (tw * patch - 1) * sw + kw;
-  const int64_t rwp = (rw + 15) / 16 * 16;  // a region row read as whole vectors
+  const int64_t rwp = (rw + W - 1) / W * W;  // a region row read as whole vectors
   // uninitialised: the image area is copied below, only the border is zeroed
   // kept per calling thread and only grown: no page faults from a fresh allocation every call
   thread_local std::vector<float> xp_buf;
@@ -320,19 +355,19 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   const float* B = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* Y = y.data_ptr<float>();
   int* G = groups.data_ptr<int>();
-  // planes transposed to (d, 16*nv), zero-padded beyond L; scaled: lane L is all ones (the channel sum)
-  const int nv = static_cast<int>((L + (scaled ? 1 : 0) + 15) / 16);
-  TORCH_CHECK(nv <= 4, "at most 63 hyperplanes (62 with merge='scaled')");
-  std::vector<float> rt(d * 16 * nv, 0.f);
+  // planes transposed to (d, W*nv), zero-padded beyond L; scaled: lane L is all ones (the channel sum)
+  const int nv = static_cast<int>((L + (scaled ? 1 : 0) + W - 1) / W);
+  TORCH_CHECK(nv <= kMaxNV, "at most 63 hyperplanes (62 with merge='scaled')");
+  std::vector<float> rt(d * W * nv, 0.f);
   const float* R = planes.data_ptr<float>();
   for (int64_t l = 0; l < L; ++l)
-    for (int64_t i = 0; i < d; ++i) rt[i * 16 * nv + l] = R[l * d + i];
+    for (int64_t i = 0; i < d; ++i) rt[i * W * nv + l] = R[l * d + i];
   // within-channel centring: <x - mean(x), R_l> = <x, R_l> - sum(x) / d * rowsum_l, positive above
   // kWithinTolerance * |sum(x)| * max|R| (haste.lsh.hash_codes_within)
-  std::vector<float> rowsum(16 * nv, 0.f);
+  std::vector<float> rowsum(W * nv, 0.f);
   float rmax = 0.f;
   if (scaled) {
-    for (int64_t i = 0; i < d; ++i) rt[i * 16 * nv + L] = 1.f;
+    for (int64_t i = 0; i < d; ++i) rt[i * W * nv + L] = 1.f;
     for (int64_t l = 0; l < L; ++l) {
       float acc = 0.f;
       for (int64_t i = 0; i < d; ++i) {
@@ -343,14 +378,14 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     }
   }
   const bool use_table = L <= kTableBits;
-  v16 lanes{};  // 1 in the first rw lanes: a region row read as one vector (the scaled merge's dot products)
-  for (int l = 0; l < 16 && l < rw; ++l) lanes[l] = 1.f;
+  vec lanes{};  // 1 in the first rw lanes: a region row read as one vector (the scaled merge's dot products)
+  for (int l = 0; l < W && l < rw; ++l) lanes[l] = 1.f;
   const int64_t fo = kk * o;  // floats per filter row block of one channel
 
   // Per-thread buffers kept across calls: they only grow, and are never zero-filled in bulk.
   auto scratch = [&]() -> Scratch& {
     thread_local Scratch s;
-    grow(s.proj, c * 16 * nv);
+    grow(s.proj, c * W * nv);
     grow(s.codes, c);
     grow(s.order, c);
     grow(s.bucket, c);
@@ -386,35 +421,30 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     STAGE(kRegion)
     // 2. projections of every channel, centred across channels; codes from the signs
     float* proj = s.proj.data();
-    switch (nv) {
-      case 1: project_all<1>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
-      case 2: project_all<2>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
-      case 3: project_all<3>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
-      default: project_all<4>(s.ptr.data(), c, wp, rh, rw, rt.data(), proj); break;
-    }
+    by_planes(nv, s.ptr.data(), c, wp, rh, rw, rt.data(), proj);
     const uint64_t keep = L == 64 ? ~uint64_t{0} : (uint64_t{1} << L) - 1;
     if (scaled) {  // centred within each channel: subtract sum / d * rowsum, compare with the tolerance
-      v16 rs[4];
-      for (int v = 0; v < nv; ++v) rs[v] = load16(rowsum.data() + 16 * v);
+      vec rs[kMaxNV];
+      for (int v = 0; v < nv; ++v) rs[v] = loadv(rowsum.data() + W * v);
       for (int64_t ch = 0; ch < c; ++ch) {
-        const float total = proj[ch * nv * 16 + L];
+        const float total = proj[ch * nv * W + L];
         const float mean = total / static_cast<float>(d), tol = kWithinTolerance * std::abs(total) * rmax;
         uint64_t code = 0;
         for (int v = 0; v < nv; ++v) {
-          const v16 centred = load16(proj + (ch * nv + v) * 16) - mean * rs[v];
-          code |= sign_bits(centred - tol) << (16 * v);
+          const vec centred = loadv(proj + (ch * nv + v) * W) - mean * rs[v];
+          code |= sign_bits(centred - tol) << (W * v);
         }
         s.codes[ch] = static_cast<int64_t>(code & keep);
       }
     } else {
-      // mean over channels (vector adds), then one compare per 16 planes gives the sign bits
-      v16 mv[4] = {v16{}, v16{}, v16{}, v16{}};
+      // mean over channels (vector adds), then one compare per W planes gives the sign bits
+      vec mv[kMaxNV] = {};
       for (int64_t ch = 0; ch < c; ++ch)
-        for (int v = 0; v < nv; ++v) mv[v] += load16(proj + (ch * nv + v) * 16);
+        for (int v = 0; v < nv; ++v) mv[v] += loadv(proj + (ch * nv + v) * W);
       for (int v = 0; v < nv; ++v) mv[v] = mv[v] / static_cast<float>(c);  // as torch.mean: sum / C
       for (int64_t ch = 0; ch < c; ++ch) {
         uint64_t code = 0;
-        for (int v = 0; v < nv; ++v) code |= sign_bits(load16(proj + (ch * nv + v) * 16) - mv[v]) << (16 * v);
+        for (int v = 0; v < nv; ++v) code |= sign_bits(loadv(proj + (ch * nv + v) * W) - mv[v]) << (W * v);
         s.codes[ch] = static_cast<int64_t>(code & keep);
       }
     }
@@ -473,19 +503,19 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       // the spans a region covers at row stride wp: rows of rwp floats, or one flat span when
       // whole-vector rows would overlap (narrow maps)
       const bool rows = wp >= rwp;
-      const int64_t nrow = rows ? rh : 1, span = rows ? rwp : ((rh - 1) * wp + rw + 15) / 16 * 16;
+      const int64_t nrow = rows ? rh : 1, span = rows ? rwp : ((rh - 1) * wp + rw + W - 1) / W * W;
       const float* r0 = s.ptr[members[0]];
       for (int64_t ry = 0; ry < nrow; ++ry)
-        for (int64_t cx = 0; cx < span; cx += 16) store16(m + ry * wp + cx, load16(r0 + ry * wp + cx));
+        for (int64_t cx = 0; cx < span; cx += W) storev(m + ry * wp + cx, loadv(r0 + ry * wp + cx));
       for (int i = 1; i < size; ++i) {
         const float* r = s.ptr[members[i]];
         for (int64_t ry = 0; ry < nrow; ++ry)
-          for (int64_t cx = 0; cx < span; cx += 16)
-            store16(m + ry * wp + cx, load16(m + ry * wp + cx) + load16(r + ry * wp + cx));
+          for (int64_t cx = 0; cx < span; cx += W)
+            storev(m + ry * wp + cx, loadv(m + ry * wp + cx) + loadv(r + ry * wp + cx));
       }
       const float inv = 1.f / static_cast<float>(size);
       for (int64_t ry = 0; ry < nrow; ++ry)
-        for (int64_t cx = 0; cx < span; cx += 16) store16(m + ry * wp + cx, load16(m + ry * wp + cx) * inv);
+        for (int64_t cx = 0; cx < span; cx += W) storev(m + ry * wp + cx, loadv(m + ry * wp + cx) * inv);
       // scaled: member i's least-squares scale a_i = <x_i, m> / <m, m>; the member with the largest scale
       // (the pivot) is moved first, the mean region is multiplied by its a_p and the other members' filter
       // rows are weighted by a_i / a_p, so that the product equals m * sum_i a_i w_i
@@ -494,13 +524,13 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       if (scaled) {
         // <a, m> over the region: whole-vector rows masked to the region's rw columns where the rows are
         // one vector wide, else element by element
-        const bool vector_rows = rows && rwp == 16;
+        const bool vector_rows = rows && rwp == W;
         auto dot_m = [&](const float* a) {
           if (vector_rows) {
-            v16 acc{};
-            for (int64_t ry = 0; ry < rh; ++ry) acc += load16(a + ry * wp) * load16(m + ry * wp) * lanes;
+            vec acc{};
+            for (int64_t ry = 0; ry < rh; ++ry) acc += loadv(a + ry * wp) * loadv(m + ry * wp) * lanes;
             float sum = 0.f;
-            for (int l = 0; l < 16; ++l) sum += acc[l];
+            for (int l = 0; l < W; ++l) sum += acc[l];
             return sum;
           }
           float sum = 0.f;
@@ -520,7 +550,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
           const float ap = beta[0];
           for (int i = 1; i < size; ++i) beta[i] /= ap;  // beta[0] (the pivot's) is not read
           for (int64_t ry = 0; ry < nrow; ++ry)
-            for (int64_t cx = 0; cx < span; cx += 16) store16(m + ry * wp + cx, load16(m + ry * wp + cx) * ap);
+            for (int64_t cx = 0; cx < span; cx += W) storev(m + ry * wp + cx, loadv(m + ry * wp + cx) * ap);
         }  // else a flat bucket (mean region all zero): a plain sum
       }
       if (!split_gemm) sum_rows(f, WT, o, kk, 0, o, members, size, beta);  // else by each thread's channels

@@ -84,9 +84,9 @@ def test_the_example_reply_is_what_the_model_answers(client):
     assert timing["total"] >= timing["queue"] + timing["decode"] + timing["inference"] - 1e-9
 
 
-def test_the_readme_shows_the_same_example_reply():
-    """README's example reply is the recorded one checked above, for the request its first curl line sends."""
-    readme = (FIXTURES.parents[1] / "README.md").read_text()
+def test_the_service_page_shows_the_same_example_reply():
+    """docs/service.md's example reply is the recorded one checked above, for the request its first curl line sends."""
+    readme = (FIXTURES.parents[1] / "docs" / "service.md").read_text()
     block = readme.split("A reply (scores are", 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
     assert json.loads(block) == CLASSIFY_EXAMPLE
     curl = next(line for line in readme.splitlines() if line.startswith("curl -F file=@$F"))
