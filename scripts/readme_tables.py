@@ -396,7 +396,7 @@ def settings_section() -> str:
     lines = ["| variable | default | accepted | meaning |", "| --- | --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         lines.append(
-            f"| `HASTE_{name.upper()}` | {default_text(field)} | {accepted_text(field)} "
+            f"| `HASTE_{name.upper()}` | {default_text(field)} | {accepted_text(field, name)} "
             f"| {' '.join((field.description or '').split())} |"
         )
     return "\n".join(lines)
@@ -416,13 +416,17 @@ def default_text(field) -> str:
     return f"`{value}`"
 
 
-def accepted_text(field) -> str:
+def accepted_text(field, name: str = "") -> str:
+    from pydantic import SecretStr
+
     annotation = field.annotation
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is typing.Literal:
         return ", ".join(f"`{a}`" for a in typing.get_args(annotation))
     base = args[0] if args and typing.get_origin(annotation) is not list else annotation
-    kind = {int: "integer", float: "number", str: "text", bool: "true or false", Path: "directory"}.get(base)
+    kind = {int: "integer", float: "number", str: "text", bool: "true or false", SecretStr: "text (secret)"}.get(base)
+    if base is Path:
+        kind = "file" if name.endswith("_file") else "directory"
     if typing.get_origin(annotation) is list:
         kind = "comma-separated list"
     bounds = []

@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from fastapi import FastAPI
+from opentelemetry.trace import TracerProvider
 
 import haste
 
-from . import docs, errors, registry
+from . import docs, errors, oip, registry, tracing
 from .batching import Batcher
 from .metrics import Metrics
 from .middleware import RequestIdMiddleware
@@ -79,8 +80,9 @@ async def _stop(state: ServiceState) -> None:
         state.decoder.shutdown(wait=False, cancel_futures=True)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app with its own state and metrics registry; models load when its lifespan starts."""
+def create_app(settings: Settings | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    """A new app with its own state and metrics registry; models load when its lifespan starts. Tracing
+    (service.tracing) is on when HASTE_TRACING says so, or with ``tracer_provider`` (its spans go there)."""
     settings = settings or Settings()
     state = ServiceState(settings=settings, metrics=Metrics(settings.max_batch_size))
     state.metrics.ready.set_function(lambda: 1.0 if state.ready else 0.0)
@@ -107,4 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(classify_router)
     app.include_router(router)
+    app.include_router(oip.infer_router)
+    app.include_router(oip.router)
+    state.tracer = tracing.install(app, settings, tracer_provider)
     return app

@@ -1,15 +1,16 @@
 """Dynamic batching: one worker thread per model runs batches keyed by level, off the event loop.
 
-Requests wait in a bounded per-model queue (one FIFO per level). The worker takes the level whose oldest
-request has waited longest and runs it as soon as ``max_batch_size`` requests of that level are waiting,
+Requests wait in a bounded per-model queue (one FIFO per level and priority). The worker takes the level
+whose oldest request has waited longest and runs it as soon as ``max_batch_size`` requests of that level are waiting,
 the oldest has waited ``max_batch_delay``, or no other request of that level is on its way (admitted and
 still being read or decoded): waiting cannot grow the batch then, so a lone request does not pay the
 delay. Requests past their deadline, or abandoned by their handler, are dropped before execution; a
 request taken into a batch before its deadline runs to completion and is answered (and counted), even if
-the batch ends after the deadline. The
-level is set with ``haste.compression`` inside the worker; per-image FLOPs are the dense count, measured
-once at start, minus what the HASTE layers saved (``haste.profile(dense_layers=False)``; level off runs
-unprofiled).
+the batch ends after the deadline. Within a level, a batch takes the requests of the best priority first (1
+before 2, Triton's ``priority``), each priority in arrival order; a request's own ``timeout`` (Triton's,
+counted from when it is queued) shortens its deadline. The batcher only queues and forms batches: warming
+the model, running a batch at its level and accounting its FLOPs are the served model's
+(``ServedModel.start`` and ``run``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import haste
 
 from .errors import ServiceError
 from .metrics import Metrics
-from .registry import ServedModel, prepare_engine, report_engine, warm_up
+from .served import ServedModel
 from .settings import Settings
 
 log = logging.getLogger("service")
@@ -56,6 +57,7 @@ class Job:
     deadline: float  # time.monotonic() seconds
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    priority: int = 1  # 1 runs first; see Settings.priority_levels
     enqueued: float = field(default_factory=time.monotonic)
     abandoned: bool = False  # set by the handler when it stops waiting (Batcher.abandon)
     started: bool = False  # set by the worker when it takes the job into a batch: it runs to completion
@@ -91,11 +93,13 @@ class Batcher:
         #: models warm one at a time and one model's latency table is not measured beside another's warm-up.
         self._warm_lock = warm_lock if warm_lock is not None else threading.Lock()
         self._cond = threading.Condition()
-        self._queues: dict[str, deque[Job]] = {level: deque() for level in haste.LEVELS}
+        #: level -> priority -> FIFO; priorities 1 (first) to settings.priority_levels.
+        self._queues: dict[str, dict[int, deque[Job]]] = {
+            level: {p: deque() for p in range(1, settings.priority_levels + 1)} for level in haste.LEVELS
+        }
         self._incoming: dict[str, int] = dict.fromkeys(haste.LEVELS, 0)
         self._size = 0
         self._stopping = False
-        self._dense_flops: float | None = None
         self.warm = threading.Event()
         self.failed: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"haste-batcher-{served.name}", daemon=True)
@@ -107,9 +111,10 @@ class Batcher:
         """Stop taking batches; fail what is still queued with 503; join the worker."""
         with self._cond:
             self._stopping = True
-            leftovers = [job for q in self._queues.values() for job in q]
-            for q in self._queues.values():
-                q.clear()
+            leftovers = [job for level in self._queues.values() for q in level.values() for job in q]
+            for level in self._queues.values():
+                for q in level.values():
+                    q.clear()
             self._size = 0
             self._cond.notify_all()
         for job in leftovers:
@@ -154,7 +159,9 @@ class Batcher:
                     "retry later",
                     headers={"Retry-After": str(self.settings.retry_after_s)},
                 )
-            self._queues[job.level].append(job)
+            if job.priority not in self._queues[job.level]:
+                raise ValueError(f"priority must be 1 to {self.settings.priority_levels}; got {job.priority}")
+            self._queues[job.level][job.priority].append(job)
             self._size += 1
             self.metrics.queue_depth.labels(self.served.name).set(self._size)
             self._cond.notify()
@@ -165,17 +172,14 @@ class Batcher:
         torch.set_num_threads(self.settings.torch_threads)
         try:
             with self._warm_lock:
-                prepare_engine(self.served)
-                warm_up(self.served, self.settings, stop=lambda: self._stopping)
-                report_engine(self.served)  # after warm-up: a fast engine that failed there has fallen back
+                started = self.served.start(self.settings, stop=lambda: self._stopping)
             self.metrics.engine_info.labels(self.served.name, self.served.engine).set(1)
         except Exception as exc:  # a model that cannot run is reported by /readyz, not served
             log.exception("warm-up of %s failed", self.served.name)
             self.failed = f"warm-up of {self.served.name} failed: {type(exc).__name__}: {exc}"
             return
-        if self._stopping:
+        if not started or self._stopping:
             return
-        self._dense_flops = self._measure_dense_flops()
         self.warm.set()
         while True:
             batch = self._next_batch()
@@ -196,66 +200,43 @@ class Batcher:
             while True:
                 if self._stopping:
                     return None
-                heads = [(q[0].enqueued, level) for level, q in self._queues.items() if q]
+                heads = [(q[0].enqueued, level) for level, qs in self._queues.items() for q in qs.values() if q]
                 if not heads:
                     self._cond.wait()
                     continue
                 oldest, level = min(heads)
-                queue = self._queues[level]
+                queues = self._queues[level]  # by priority, best first
+                waiting = sum(len(q) for q in queues.values())
                 wait = oldest + delay - time.monotonic()
-                if len(queue) < max_batch and wait > 0 and self._incoming[level] > 0:
+                if waiting < max_batch and wait > 0 and self._incoming[level] > 0:
                     self._cond.wait(wait)
                     continue
                 now = time.monotonic()
                 jobs, expired = [], []
-                while queue and len(jobs) < max_batch:
-                    job = queue.popleft()
-                    self._size -= 1
-                    if job.abandoned:
-                        continue
-                    if now >= job.deadline:
-                        expired.append(job)
-                    else:
-                        job.started = True  # from here on it runs and its handler answers it (abandon)
-                        jobs.append(job)
+                for queue in queues.values():
+                    while queue and len(jobs) < max_batch:
+                        job = queue.popleft()
+                        self._size -= 1
+                        if job.abandoned:
+                            continue
+                        if now >= job.deadline:
+                            expired.append(job)
+                        else:
+                            job.started = True  # from here on it runs and its handler answers it (abandon)
+                            jobs.append(job)
                 self.metrics.queue_depth.labels(self.served.name).set(self._size)
                 for job in expired:
-                    job.resolve(error=ServiceError("timeout", "request deadline passed before it could run"))
+                    job.resolve(error=ServiceError("timeout", "request deadline or timeout passed before it could run"))
                 if jobs:
                     return level, jobs
 
-    def _measure_dense_flops(self) -> float:
-        """Dense multiply-adds per image (level off), from one profiled forward."""
-        x = torch.zeros((1, *self.served.input_shape), device=self.served.device)
-        with torch.inference_mode(), haste.compression("off"), haste.profile(self.served.model) as report:
-            self.served.model(x)
-        return report.per_image[0][0]
-
     def _execute(self, level: str, jobs: list[Job]) -> None:
-        """One forward pass of ``jobs`` at ``level``; resolve every job with its Result."""
+        """Run ``jobs`` as one batch at ``level`` on the served model; resolve every job with its Result."""
         start = time.monotonic()
-        name, model = self.served.name, self.served.model
-        x = torch.stack([job.inputs for job in jobs]).to(self.served.device)
-        t0 = time.perf_counter()
-        with torch.inference_mode(), haste.compression(level):
-            if level == "off":
-                logits = model(x)
-                rows = [(self._dense_flops, self._dense_flops, 0.0)] * len(jobs)
-            else:  # HASTE layers only (cheap); the other layers run dense: executed = dense - saved
-                with haste.profile(model, dense_layers=False) as report:
-                    logits = model(x)
-                dense = self._dense_flops
-                rows = [(dense, dense - (d - e - o), 0.0) for d, e, o in report.per_image]
-        probs = logits.float().softmax(dim=1).cpu()
-        seconds = time.perf_counter() - t0
-        if len(rows) != len(jobs):  # should not happen: one forward of the whole model per batch
-            raise RuntimeError(f"profile recorded {len(rows)} images for a batch of {len(jobs)}")
-        self.metrics.observe_batch(name, level, len(jobs), seconds)
-        ratios = []
-        for job, p, (dense, executed, overhead) in zip(jobs, probs, rows):
-            total = executed + overhead
-            ratios.append((dense - total) / dense if dense else 0.0)
-            self.metrics.observe_image(name, level, dense, total)
+        name = self.served.name
+        run = self.served.run(level, torch.stack([job.inputs for job in jobs]))
+        self.metrics.observe_batch(name, level, len(jobs), run.seconds)
+        for job, p, (dense, executed) in zip(jobs, run.probs, run.flops):
+            self.metrics.observe_image(name, level, dense, executed)
             self.metrics.queue_duration.labels(name, level).observe(start - job.enqueued)
-            job.resolve(Result(p, dense, total, start - job.enqueued, seconds, len(jobs)))
-        self.served.record_saving(level, ratios)
+            job.resolve(Result(p, dense, executed, start - job.enqueued, run.seconds, len(jobs)))

@@ -1,10 +1,11 @@
 """One error shape for every failure: ``{"error": "<message>", "code": "<machine_code>", "request_id": "..."}``.
 
-Codes (HTTP status): invalid_image, invalid_level, invalid_top_k, invalid_request (400); unknown_model,
-not_found (404); method_not_allowed (405); payload_too_large (413); unsupported_media_type (415);
-queue_full, not_ready (503, with Retry-After); timeout (504: the request deadline passed while the body
-was received, or before it ran); internal_error (500, message masked). FastAPI's 422 is never used: query
-validation errors are 400 with the code of the parameter.
+Codes (HTTP status): invalid_image, invalid_level, invalid_top_k, invalid_priority, invalid_timeout,
+invalid_request (400); unauthorized (401, with ``WWW-Authenticate: Bearer``); unknown_model, not_found
+(404); method_not_allowed (405); payload_too_large (413); unsupported_media_type (415); queue_full,
+not_ready (503, with Retry-After); timeout (504: the request deadline passed while the body was received,
+or before it ran, or the request's own queue timeout passed); internal_error (500, message masked).
+FastAPI's 422 is never used: query validation errors are 400 with the code of the parameter.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ STATUS = {
     "invalid_level": 400,
     "invalid_top_k": 400,
     "invalid_request": 400,
+    "invalid_priority": 400,
+    "invalid_timeout": 400,
+    "unauthorized": 401,
     "unknown_model": 404,
     "not_found": 404,
     "method_not_allowed": 405,

@@ -37,14 +37,20 @@ def _error(description: str, examples: dict[str, str], headers: dict | None = No
 CLASSIFY_ERRORS = {
     400: _error(
         "invalid_image (empty, undecodable, truncated, too small, extreme aspect ratio), invalid_level, "
-        "invalid_top_k, invalid_request (malformed multipart, no field `file`; an empty, repeated or unknown "
-        "query parameter)",
+        "invalid_top_k, invalid_priority, invalid_timeout, invalid_request (malformed multipart, no field `file`; "
+        "an empty, repeated or unknown query parameter)",
         {
             "invalid_image": "not a JPEG, PNG or WebP image (unrecognised leading bytes)",
             "invalid_level": "level must be one of off, low, medium, high; got 'max'",
             "invalid_top_k": "top_k must be from 1 to 10 for fmnist-resnet34; got 11",
-            "invalid_request": "unknown query parameter 'levle'; accepted: level, top_k, model",
+            "invalid_priority": "priority must be an integer from 0 (the default, 2) to 2; 1 runs first; got '3'",
+            "invalid_request": "unknown query parameter 'levle'; accepted: level, top_k, model, priority, timeout_ms",
         },
+    ),
+    401: _error(
+        "unauthorized: HASTE_API_TOKEN is set and the request has no `Authorization: Bearer <token>` with it",
+        {"unauthorized": "this route needs an API token: send the header 'Authorization: Bearer <token>'"},
+        {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
     ),
     404: _error("unknown_model", {"unknown_model": "unknown model 'resnet9000'; served: fmnist-resnet34"}),
     413: _error(
@@ -76,12 +82,13 @@ CLASSIFY_ERRORS = {
         "closed), or before the request could run (it is dropped, never executed)",
         {
             "timeout": "request deadline of 10000 ms passed",
+            "timeout (queue)": "timeout of 50 ms passed before the request could run",
             "timeout (upload)": "request deadline passed while the body was being received (10 bytes in)",
         },
         _CLOSE,
     ),
 }
-MODEL_ERRORS = {404: CLASSIFY_ERRORS[404]}
+MODEL_ERRORS = {401: CLASSIFY_ERRORS[401], 404: CLASSIFY_ERRORS[404]}
 READY_ERRORS = {
     503: _error("not_ready, with Retry-After", {"not_ready": "not ready: fmnist-resnet34 warming"}, _RETRY_AFTER)
 }

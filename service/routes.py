@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -16,9 +15,9 @@ from starlette.requests import ClientDisconnect
 
 import haste
 
-from .batching import Job
+from . import inference
+from .auth import require_token
 from .body import read_image
-from .decode import to_input
 from .errors import ServiceError, quote, request_id_of
 from .metrics import NO_LABEL
 from .responses import CLASSIFY_BODY, CLASSIFY_ERRORS, MODEL_ERRORS, READY_ERRORS, REQUEST_ID_HEADER
@@ -87,6 +86,8 @@ QUERY = {
     "level": ("invalid_level", f"one of {', '.join(haste.LEVELS)}"),
     "top_k": ("invalid_top_k", "a positive integer, at most the model's label count"),
     "model": ("invalid_request", "one of the served models"),
+    "priority": ("invalid_priority", "an integer from 0 (the default) to the priority levels; 1 runs first"),
+    "timeout_ms": ("invalid_timeout", "a non-negative number of milliseconds (0: none)"),
 }
 
 
@@ -125,6 +126,18 @@ async def classify(
     model: str | None = Query(
         None, description="A served model (default: the configured one).", examples=["fmnist-resnet34"]
     ),
+    priority: str | None = Query(
+        None,
+        description="Priority within the level's queue (Triton's): 1 runs first, up to HASTE_PRIORITY_LEVELS; "
+        "0 or none is HASTE_DEFAULT_PRIORITY_LEVEL.",
+        examples=["1"],
+    ),
+    timeout_ms: str | None = Query(
+        None,
+        description="Longest the request may wait in the queue, in ms (Triton's timeout; capped by the request "
+        "deadline; 0: none). Past it, the request is answered 504 and never runs.",
+        examples=["50"],
+    ),
 ) -> ClassifyResponse:
     """Classify one image at the requested compression level."""
     state = service(request)
@@ -140,6 +153,10 @@ async def classify(
     served = state.models[name]
     if top_k > len(served.labels):
         raise ServiceError("invalid_top_k", f"top_k must be from 1 to {len(served.labels)} for {name}; got {top_k}")
+    scheduling = inference.Scheduling(
+        priority=inference.priority_of(priority, settings.priority_levels, settings.default_priority_level),
+        timeout_s=inference.timeout_of(timeout_ms, 1e-3, "timeout_ms"),
+    )
     state.check_ready()
     start = request.state.started
     deadline = time.monotonic() + settings.request_deadline_s
@@ -147,26 +164,9 @@ async def classify(
     with state.admit(name):
         with batcher.arriving(level):
             data = await read_image(request, settings.max_bytes, deadline)
-            t0 = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            inputs = await loop.run_in_executor(state.decoder, to_input, data, served.spec, state.limits)
-            decode_s = time.perf_counter() - t0
-            if time.monotonic() >= deadline:
-                raise ServiceError("timeout", "request deadline passed while the image was read and decoded")
-            job = Job(inputs=inputs, level=level, deadline=deadline, future=loop.create_future(), loop=loop)
-            batcher.submit(job)
-        try:
-            # shield: a timeout must not cancel the future, which a batch already running will still resolve
-            result = await asyncio.wait_for(asyncio.shield(job.future), timeout=max(deadline - time.monotonic(), 0.0))
-        except TimeoutError:
-            if batcher.abandon(job):  # still queued: dropped before execution, never counted as an image
-                raise ServiceError(
-                    "timeout", f"request deadline of {settings.request_deadline_ms:g} ms passed"
-                ) from None
-            result = await job.future  # its batch was running at the deadline: answer it (it is counted)
-        except asyncio.CancelledError:
-            batcher.abandon(job)
-            raise
+            [inputs], decode_s = await inference.decode(state, served, [data], deadline, state.tracer)
+            jobs = inference.submit(state, name, [inputs], level, scheduling, deadline)
+        [result] = await inference.wait(state, name, jobs, scheduling, state.tracer)
     scores, indices = result.probs.topk(top_k)
     saved = result.flops_dense - result.flops_executed
     return ClassifyResponse(
@@ -199,14 +199,14 @@ for _path in ("/v1/classify", "/classify"):
         methods=["POST"],
         response_model=ClassifyResponse,
         responses={200: {"headers": REQUEST_ID_HEADER}, **CLASSIFY_ERRORS},
-        dependencies=[Depends(strict_query)],
+        dependencies=[Depends(require_token), Depends(strict_query)],
         openapi_extra=CLASSIFY_BODY,
         summary="Classify an image" + (" (alias of /v1/classify)" if _path == "/classify" else ""),
     )
     # `curl -T image.jpg URL` uploads a raw body with PUT (SERVICE.md's "curl -T style"): the same handler
     classify_router.add_api_route(
-        _path, classify, methods=["PUT"], response_model=ClassifyResponse, dependencies=[Depends(strict_query)],
-        include_in_schema=False,
+        _path, classify, methods=["PUT"], response_model=ClassifyResponse,
+        dependencies=[Depends(require_token), Depends(strict_query)], include_in_schema=False,
     )  # fmt: skip
 
 
@@ -222,7 +222,7 @@ def get(path: str, **kwargs: Any) -> Callable:
     return register
 
 
-@get("/v1/models", response_model=ModelList, tags=["models"])
+@get("/v1/models", response_model=ModelList, dependencies=[Depends(require_token)], tags=["models"])
 async def list_models(request: Request) -> dict:
     """The served models, the default model and level, and the level names."""
     state = service(request)
@@ -234,7 +234,13 @@ async def list_models(request: Request) -> dict:
     }
 
 
-@get("/v1/models/{name:path}", response_model=ModelDetail, responses=MODEL_ERRORS, tags=["models"])
+@get(
+    "/v1/models/{name:path}",
+    response_model=ModelDetail,
+    responses=MODEL_ERRORS,
+    dependencies=[Depends(require_token)],
+    tags=["models"],
+)
 async def get_model(request: Request, name: str) -> dict:
     """Architecture, version, input spec and preprocessing, labels, device, and the per-level table
     (hyperplanes, calibrated accuracy drop and FLOPs saving, latency measured after warm-up, saving on

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import haste
@@ -98,6 +98,34 @@ class Settings(BaseSettings):
         "the request's first byte; past it the connection is closed (slowloris: clients that trickle headers or "
         "send nothing would otherwise hold a connection and a file descriptor for ever).",
     )
+    priority_levels: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Priority levels of a request within its level's queue (Triton's priority_levels): a request's "
+        "priority is 1 (runs first) to this number; 0 or none means default_priority_level.",
+    )
+    default_priority_level: int | None = Field(
+        default=None,
+        ge=1,
+        description="Priority of a request that names none or 0 (unset: priority_levels, the lowest).",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token required on the inference and model routes (/v1/classify, /classify, /v1/models*, "
+        "/v2/models/{name}[/config|/infer]); health, readiness, /v2 and /metrics stay open. Unset or empty: no "
+        "authentication. At least 16 characters, no whitespace; set it from a secret, never in a ConfigMap.",
+    )
+    api_token_file: Path | None = Field(
+        default=None,
+        description="A file holding the API token (a mounted secret: compose's /run/secrets/..., a Kubernetes "
+        "secret volume), read at start; one trailing newline is dropped. Not together with api_token.",
+    )
+    tracing: Literal["off", "console", "otlp"] = Field(
+        default="off",
+        description="OpenTelemetry tracing: off; console (spans printed to stdout); otlp (OTLP/HTTP export, "
+        "configured by the standard OTEL_EXPORTER_OTLP_* and OTEL_SERVICE_NAME variables).",
+    )
     log_level: str = Field(
         default="info",
         description="Log level of uvicorn and the service: critical, error, warning, info, debug, trace.",
@@ -122,6 +150,25 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("api_token_file", mode="before")
+    @classmethod
+    def _empty_file_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _check_token(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            if not value.strip():
+                return None  # compose passes ${HASTE_API_TOKEN:-}: no authentication
+            if any(c.isspace() for c in value):
+                raise ValueError("the API token must not contain whitespace; got a value with some (a stray newline?)")
+            if len(value) < 16:
+                raise ValueError(f"the API token must be at least 16 characters; got {len(value)}")
+        return value
 
     @field_validator("default_level")
     @classmethod
@@ -148,6 +195,29 @@ class Settings(BaseSettings):
         elif self.default_model not in self.models:
             raise ValueError(
                 f"HASTE_DEFAULT_MODEL {self.default_model!r} is not one of models {self.models} (HASTE_MODELS)"
+            )
+        if self.api_token_file is not None:
+            if self.api_token is not None:
+                raise ValueError("set HASTE_API_TOKEN or HASTE_API_TOKEN_FILE, not both")
+            try:
+                text = self.api_token_file.read_text()
+            except OSError as exc:
+                raise ValueError(
+                    f"HASTE_API_TOKEN_FILE {str(self.api_token_file)!r} cannot be read: {exc.strerror}"
+                ) from None
+            text = text.removesuffix("\n").removesuffix("\r")
+            if not text:
+                raise ValueError(f"HASTE_API_TOKEN_FILE {str(self.api_token_file)!r} is empty")
+            try:
+                self.api_token = SecretStr(self._check_token(text))
+            except ValueError as exc:
+                raise ValueError(f"HASTE_API_TOKEN_FILE {str(self.api_token_file)!r}: {exc}") from None
+        if self.default_priority_level is None:
+            self.default_priority_level = self.priority_levels
+        elif self.default_priority_level > self.priority_levels:
+            raise ValueError(
+                f"HASTE_DEFAULT_PRIORITY_LEVEL {self.default_priority_level} is above HASTE_PRIORITY_LEVELS "
+                f"{self.priority_levels}; give 1 to {self.priority_levels}"
             )
         return self
 

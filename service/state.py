@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from .batching import Batcher
 from .decode import Limits
 from .errors import ServiceError
 from .metrics import Metrics
-from .registry import ServedModel
+from .served import ServedModel
 from .settings import Settings
 
 
@@ -26,6 +28,8 @@ class ServiceState:
     decoder: ThreadPoolExecutor | None = None
     #: Serialises the models' warm-ups (see Batcher).
     warm_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The tracer of the handlers' spans (service.tracing; a no-op one when tracing is off).
+    tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
     inflight: int = 0
     loading: bool = True
     shutting_down: bool = False

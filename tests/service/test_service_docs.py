@@ -24,9 +24,9 @@ def test_openapi_documents_the_real_statuses_with_the_error_shape(client):
     spec = client.get("/openapi.json").json()
     error_ref = "#/components/schemas/ErrorResponse"
     expected = {
-        ("/v1/classify", "post"): {"200", "400", "404", "413", "415", "500", "503", "504"},
-        ("/classify", "post"): {"200", "400", "404", "413", "415", "500", "503", "504"},
-        ("/v1/models/{name}", "get"): {"200", "404"},
+        ("/v1/classify", "post"): {"200", "400", "401", "404", "413", "415", "500", "503", "504"},
+        ("/classify", "post"): {"200", "400", "401", "404", "413", "415", "500", "503", "504"},
+        ("/v1/models/{name}", "get"): {"200", "401", "404"},
         ("/readyz", "get"): {"200", "503"},
     }
     for (path, method), statuses in expected.items():
@@ -49,7 +49,7 @@ def test_openapi_query_parameters_name_what_they_accept(client):
     post = spec["paths"]["/v1/classify"]["post"]
     assert {"multipart/form-data", "image/jpeg", "image/png", "image/webp"} <= set(post["requestBody"]["content"])
     params = {p["name"]: p for p in post["parameters"]}
-    assert set(params) == {"level", "top_k", "model"}
+    assert set(params) == {"level", "top_k", "model", "priority", "timeout_ms"}
     assert params["level"]["schema"]["enum"] == LEVELS
     assert params["level"]["schema"]["default"] == haste.DEFAULT_LEVEL  # the server's configured default
     assert params["model"]["schema"]["enum"] == [MODEL] and params["model"]["schema"]["default"] == MODEL

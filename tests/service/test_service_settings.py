@@ -20,7 +20,7 @@ import haste
 from haste.cli import build_parser
 from haste.levels import current
 from haste.zoo.registry import FMNIST_SPEC
-from service import Settings, cli, create_app, errors, registry
+from service import Settings, cli, create_app, errors, registry, served
 from service.decode import Limits, decode, sniff, to_input
 from service.errors import ServiceError
 from service.metrics import batch_buckets
@@ -152,22 +152,22 @@ def test_settings_page_lists_every_setting():
 
 
 def test_latency_table_is_the_median_of_interleaved_runs_after_warm_up():
-    """warm_up on a real model: the warm-up forwards come first; then every level is timed
-    registry.LATENCY_RUNS times at batch 1, levels interleaved, and each level's entry is a positive
+    """ServedModel.warm_up on a real model: the warm-up forwards come first; then every level is timed
+    served.LATENCY_RUNS times at batch 1, levels interleaved, and each level's entry is a positive
     latency (the median of those runs)."""
     require_model()
     settings = Settings(models=[MODEL], weights_dir=WEIGHTS_DIR, max_batch_size=2, warmup_rounds=1)
-    served = registry.load(MODEL, settings, torch.device("cpu"))
+    model = registry.load(MODEL, settings, torch.device("cpu"))
     calls: list[tuple[str, int]] = []
-    handle = served.model.register_forward_pre_hook(lambda m, args: calls.append((current().level, len(args[0]))))
+    handle = model.model.register_forward_pre_hook(lambda m, args: calls.append((current().level, len(args[0]))))
     try:
-        registry.warm_up(served, settings)
+        model.warm_up(settings)
     finally:
         handle.remove()
     levels = list(haste.LEVELS)
-    warm, timed = calls[: -registry.LATENCY_RUNS * len(levels)], calls[-registry.LATENCY_RUNS * len(levels) :]
-    assert registry.LATENCY_RUNS >= 5
+    warm, timed = calls[: -served.LATENCY_RUNS * len(levels)], calls[-served.LATENCY_RUNS * len(levels) :]
+    assert served.LATENCY_RUNS >= 5
     assert [level for level, _ in warm] == [level for level in levels for _ in range(2)]  # batch 1 and 2
-    assert timed == [(level, 1) for _ in range(registry.LATENCY_RUNS) for level in levels]
-    assert set(served.latency_ms) == set(levels) and all(v > 0 for v in served.latency_ms.values())
-    assert [row["latency_ms"] for row in served.levels_table()] == [served.latency_ms[level] for level in levels]
+    assert timed == [(level, 1) for _ in range(served.LATENCY_RUNS) for level in levels]
+    assert set(model.latency_ms) == set(levels) and all(v > 0 for v in model.latency_ms.values())
+    assert [row["latency_ms"] for row in model.levels_table()] == [model.latency_ms[level] for level in levels]
