@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -114,9 +115,9 @@ def bench_model(
             for _ in range(warmup):
                 for fn in variants.values():
                     fn()
-            for r in range(rounds):
-                rotated = order[r % len(order) :] + order[: r % len(order)]
-                for key in rotated:
+            shuffle = random.Random(0)  # a new order every round: a rotation would keep each variant's predecessor
+            for _ in range(rounds):
+                for key in shuffle.sample(order, len(order)):
                     times[key].append(timed(variants[key]))
             savings = {}
             for level in levels:
@@ -248,7 +249,7 @@ def run(
         engine.cpu_kernel_available()
     report = {
         "protocol": f"torch threads {threads}; {warmup} warm-up rounds, then {rounds} rounds of one forward per "
-        "variant, interleaved with the order rotated each round; medians, min, max",
+        "variant, interleaved in a new random order each round (seed 0); medians, min, max",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads, "torch": torch.__version__,
                     "engine": "cpu" if engine.cpu_kernel_state() == "built" else f"reference ({engine.unavailable})"},
         "levels": dict(LEVELS),
