@@ -151,3 +151,14 @@ def describe(plans: Mapping[str, Mapping[str, list[dict]]] | None, engine: str, 
     if not entries or level not in LEVELS or level == "off":
         return None
     return plan_name(level, entry_batch(entries, batch))
+
+
+def runs_dense(plans: Mapping[str, Mapping[str, list[dict]]] | None, engine: str, level: str, batch: int) -> bool:
+    """Whether a batch of ``batch`` images at ``level`` runs every layer dense on ``engine`` by its plan (an entry
+    whose table has no layer above 0); False without a plan there (the level table decides)."""
+    entries = ((plans or {}).get(engine) or {}).get(level)
+    if not entries or level == "off":
+        return level == "off"
+    starts = [entry["batch"] for entry in entries]
+    table = entries[max(bisect.bisect_right(starts, batch) - 1, 0)]["levels"]
+    return not any(value for value in table.values())

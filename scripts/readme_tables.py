@@ -352,40 +352,55 @@ def section() -> str:
     return "\n".join(lines).rstrip("\n")
 
 
-def levels_section(model: str = REFERENCE, bench_file: str = "bench-fmnist.json") -> str:
-    """The README's table: each level of ``model`` with its hyperplanes, test accuracy and drop, FLOPs saving
-    (results/calibrate-MODEL.json) and its latency against the dense model on the CPU (``bench_file``)."""
+def levels_section(
+    model: str = REFERENCE, bench_file: str = "bench-fmnist-resnet34-plans.json", loadtest_file: str | None = None
+) -> str:
+    """The README's table: each level of ``model`` with its table's test accuracy drop and FLOPs saving
+    (results/calibrate-MODEL.json), and per batch size the plan it runs (results/plans-MODEL.json: the stages
+    running HASTE), that plan's FLOPs saving and its latency against level off (``bench_file``: haste bench on
+    the card's plans)."""
     calibrated = json.loads((RESULTS / f"calibrate-{model}.json").read_text())["haste"]
+    plans = json.loads((RESULTS / f"plans-{model}.json").read_text())
     bench = json.loads((RESULTS / bench_file).read_text())
-    ratios = {
-        (b["batch"], r["variant"]): r["latency_ratio"]
+    rows = {
+        (b["batch"], r["variant"]): r
         for m in bench["models"]
         if m["model"] == model
         for b in m["batches"]
         for r in b["rows"]
     }
-    batches = sorted({batch for batch, _ in ratios})
+    batches = sorted({batch for batch, _ in rows})
+    stages = {(r["batch"], r["level"]): r["stages"] for r in plans["rows"]}
+    plan_batches = sorted({r["batch"] for r in plans["rows"]})
+
+    def plan_at(batch: int, level: str) -> str:
+        at = max((b for b in plan_batches if b <= batch), default=None)
+        chosen = stages.get((at, level), [])
+        return "+".join(s.removeprefix("layer") for s in chosen) if chosen else "dense"
+
     merge = calibrated.get("options", {}).get("merge", "mean")
-    dense = calibrated["table"][0]["test_dense_accuracy"]
-    head = " | ".join(f"latency vs dense, batch {b}" for b in batches)
+    head = " | ".join(f"batch {b}: HASTE stages, FLOPs saving, latency vs off" for b in batches)
     lines = [
-        f"`{model}` (the ResNet34 reference, {merge} merge), Fashion-MNIST test split (10k images); FLOPs are "
-        "multiply-adds per image, the saving counts HASTE's hashing and merging as overhead; latency: median "
-        f"ratio to the unconverted model on the CPU engine ({bench['machine']['threads']} threads). From "
-        f"`results/calibrate-{model}.json` and `results/{bench_file}`.",
+        f"`{model}` (the ResNet34 reference, {merge} merge). Table: the level's calibrated per-layer table on the "
+        f"Fashion-MNIST test split (10k images), FLOPs saving with hashing and merging counted as overhead. Per batch "
+        f"size: the plan the level runs there (the stages of layer1..4 that run HASTE, chosen by measured latency on "
+        f"the CPU engine, {plans['machine']['vector_isa']}, {plans['machine']['threads']} threads), its FLOPs saving "
+        f"and its median latency as a ratio to level off (haste bench, {bench['machine']['threads']} threads). From "
+        f"`results/calibrate-{model}.json`, `results/plans-{model}.json` and `results/{bench_file}`.",
         "",
-        f"| level | hyperplanes L | test acc. (%) | drop (pts) | FLOPs saving (%) | {head} |",
-        "|---|---|---|---|---|" + "---|" * len(batches),
-        f"| off | dense | {pct(dense)} | 0.00 | 0.00 | "
-        + " | ".join(f"{ratios[b, 'off']:.2f}" for b in batches)
-        + " |",
+        f"| level | table: test drop (pts) | table: FLOPs saving (%) | {head} |",
+        "|---|---|---|" + "---|" * len(batches),
     ]
     for row in calibrated["table"]:
-        cells = " | ".join(f"{ratios[b, row['level']]:.2f}" if (b, row["level"]) in ratios else "-" for b in batches)
-        lines.append(
-            f"| {row['level']} | {setting(calibrated['levels'][row['level']])} | {pct(row['test_accuracy'])} "
-            f"| {row['test_drop']:.2f} | {pct(row['saving'])} | {cells} |"
-        )
+        level = row["level"]
+        cells = []
+        for b in batches:
+            r, off = rows.get((b, level)), rows.get((b, "off"))
+            if r is None or off is None:
+                cells.append("-")
+                continue
+            cells.append(f"{plan_at(b, level)}, {pct(r['flops_saving'], 1)}, {r['median_ms'] / off['median_ms']:.2f}")
+        lines.append(f"| {level} | {row['test_drop']:.2f} | {pct(row['saving'])} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 

@@ -46,6 +46,7 @@ class Result:
     queue_s: float
     inference_s: float
     batch_size: int
+    plan: str  # the plan entry that ran (ServedModel.plan)
 
 
 @dataclass
@@ -235,8 +236,8 @@ class Batcher:
         start = time.monotonic()
         name = self.served.name
         run = self.served.run(level, torch.stack([job.inputs for job in jobs]))
-        self.metrics.observe_batch(name, level, len(jobs), run.seconds)
+        self.metrics.observe_batch(name, level, len(jobs), run.seconds, run.plan)
         for job, p, (dense, executed) in zip(jobs, run.probs, run.flops):
             self.metrics.observe_image(name, level, dense, executed)
             self.metrics.queue_duration.labels(name, level).observe(start - job.enqueued)
-            job.resolve(Result(p, dense, executed, start - job.enqueued, run.seconds, len(jobs)))
+            job.resolve(Result(p, dense, executed, start - job.enqueued, run.seconds, len(jobs), run.plan))

@@ -82,6 +82,13 @@ class Metrics:
         self.requests = Counter("haste_requests", "Classify requests answered, by status code.", mlc, registry=r)
         self.images = Counter("haste_images", "Images classified.", ml, registry=r)
         self.batches = Counter("haste_batches", "Batches executed.", ml, registry=r)
+        self.plan_batches = Counter(
+            "haste_plan_batches",
+            "Batches executed, by the plan entry that ran (high@4: level high's entry for batches from 4; a level's "
+            "name: its table at every batch size).",
+            (*ml, "plan"),
+            registry=r,
+        )
         self.flops_dense = Counter("haste_flops_dense", "Dense multiply-adds of the classified images.", ml, registry=r)
         self.flops_executed = Counter(
             "haste_flops_executed", "Multiply-adds executed, HASTE overhead included.", ml, registry=r
@@ -101,8 +108,9 @@ class Metrics:
             registry=r,
         )
 
-    def observe_batch(self, model: str, level: str, size: int, seconds: float) -> None:
+    def observe_batch(self, model: str, level: str, size: int, seconds: float, plan: str) -> None:
         self.batches.labels(model, level).inc()
+        self.plan_batches.labels(model, level, plan).inc()
         self.batch_size.labels(model, level).observe(size)
         self.inference_duration.labels(model, level).observe(seconds)
 

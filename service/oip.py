@@ -444,6 +444,7 @@ def _response(document, request, served, level, top_k, outputs, results) -> Resp
             "flops_executed": executed,
             "flops_saved": dense - executed,
             "saved_ratio": (dense - executed) / dense if dense else 0.0,
+            "plan": ",".join(dict.fromkeys(r.plan for r in results)),  # the plan entries the images ran
         },
         "outputs": [],
     }

@@ -174,6 +174,7 @@ async def classify(
         model=name,
         model_version=served.version,
         level=level,
+        plan=result.plan,
         predictions=[
             {"index": int(i), "label": served.labels[int(i)], "score": float(s)} for s, i in zip(scores, indices)
         ],

@@ -39,7 +39,8 @@ class Timing(BaseModel):
 
 
 #: The example reply of /docs: a real reply of the shipped default model (fmnist-resnet34, default
-#: settings, CPU) to tests/fixtures/fmnist-0000-ankle-boot.png at level high with top_k=3. The scores and
+#: settings, CPU) to tests/fixtures/fmnist-0000-ankle-boot.png at level high with top_k=3 (a lone request: a
+#: batch of 1, whose plan on the CPU engine runs every layer dense). The scores and
 #: FLOPs are checked against the model by tests/service/test_service_docs.py; re-record it when the model
 #: or its levels change.
 CLASSIFY_EXAMPLE = {
@@ -47,17 +48,13 @@ CLASSIFY_EXAMPLE = {
     "model": "fmnist-resnet34",
     "model_version": "1",
     "level": "high",
+    "plan": "high@1",
     "predictions": [
-        {"index": 9, "label": "Ankle boot", "score": 0.95063},
-        {"index": 7, "label": "Sneaker", "score": 0.03729},
-        {"index": 5, "label": "Sandal", "score": 0.00699},
+        {"index": 9, "label": "Ankle boot", "score": 0.99946},
+        {"index": 7, "label": "Sneaker", "score": 0.00051},
+        {"index": 5, "label": "Sandal", "score": 2e-05},
     ],
-    "compute": {
-        "flops_dense": 289704448.0,
-        "flops_executed": 232266074.0,
-        "flops_saved": 57438374.0,
-        "saved_ratio": 0.19826541979776577,
-    },
+    "compute": {"flops_dense": 289704448.0, "flops_executed": 289704448.0, "flops_saved": 0.0, "saved_ratio": 0.0},
     "timing_ms": {"queue": 0.171, "decode": 1.907, "inference": 12.598, "total": 16.038},
 }
 
@@ -69,6 +66,10 @@ class ClassifyResponse(BaseModel):
     model: str
     model_version: str
     level: Level = Field(description="The level applied.")
+    plan: str = Field(
+        description="What the level ran for this request's batch: a plan entry (high@4: level high's plan for batches "
+        "from 4, measured for the engine; haste.plans) or the level's name (its table at every batch size)."
+    )
     predictions: list[Prediction] = Field(description="top_k classes, best first.")
     compute: Compute
     timing_ms: Timing

@@ -20,6 +20,7 @@ from torch import nn
 
 import haste
 import haste.engine
+import haste.plans
 from haste.preprocess import InputSpec
 
 from .settings import Settings
@@ -40,6 +41,7 @@ class BatchRun:
     probs: torch.Tensor  # (N, num_labels) softmax scores, on the CPU
     flops: list[tuple[float, float]]  # per image: (dense, executed incl. HASTE overhead) multiply-adds
     seconds: float  # forward + softmax + copy to the CPU
+    plan: str  # what ran: a plan entry ("high@4", haste.plans.plan_name), or the level's table ("high", "off")
 
 
 @dataclass
@@ -244,8 +246,10 @@ class ServedModel:
         dense = self.flops_dense
         x = x.to(self.device)
         t0 = time.perf_counter()
+        record = haste.conversion(self.model)
+        dense_plan = haste.plans.runs_dense(record.plans if record else {}, self.engine or "", level, len(x))
         with torch.inference_mode(), haste.compression(level):
-            if level == "off":
+            if level == "off" or dense_plan:  # every layer dense: nothing to profile, the dense FLOPs ran
                 logits = self.model(x)
                 flops = [(dense, dense)] * len(x)
             else:  # HASTE layers only (cheap); the other layers run dense: executed = dense - saved
@@ -257,7 +261,15 @@ class ServedModel:
         if len(flops) != len(x):  # should not happen: one forward of the whole model per batch
             raise RuntimeError(f"profile recorded {len(flops)} images for a batch of {len(x)}")
         self.record_saving(level, [(d - e) / d if d else 0.0 for d, e in flops])
-        return BatchRun(probs, flops, seconds)
+        return BatchRun(probs, flops, seconds, self.plan(level, len(x)))
+
+    def plan(self, level: str, batch: int) -> str:
+        """What a batch of ``batch`` images at ``level`` runs on this model's engine: the plan entry's name
+        (``high@4``: level high, the entry for batches from 4; ``haste.plans``), else the level's name (its table
+        at every batch size; ``off``: the dense model)."""
+        record = haste.conversion(self.model)
+        plans = record.plans if record is not None else {}
+        return haste.plans.describe(plans, self.engine or "", level, batch) or level
 
 
 def _calibration_rows(card: dict) -> dict[str, dict]:

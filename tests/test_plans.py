@@ -110,3 +110,11 @@ def test_bad_plans_are_refused_saying_what_is_accepted(dense, plans, message):
 
 def test_check_plans_returns_the_entries():
     assert check_plans(PLANS) == PLANS
+
+
+def test_runs_dense_says_when_a_batch_needs_no_haste_layer():
+    from haste.plans import runs_dense
+
+    assert [runs_dense(PLANS, "cpu", "high", b) for b in (1, 3, 4, 8, 100)] == [False, False, False, True, True]
+    assert runs_dense(PLANS, "cpu", "off", 1) and runs_dense({}, "cpu", "off", 1)
+    assert not runs_dense(PLANS, "cpu", "low", 8) and not runs_dense(PLANS, "reference", "high", 8)  # no plan there
