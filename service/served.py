@@ -150,7 +150,7 @@ class ServedModel:
         """Build the fused CPU kernel now (on CPU, if not built yet), saying so: the first build takes about
         a minute (torch's cpp_extension compiles haste_cpu.cpp for this processor), later starts load it from
         TORCH_EXTENSIONS_DIR. Runs before warm-up; /livez answers meanwhile."""
-        if self.device.type != "cpu" or haste.engine._module is not None or haste.engine.unavailable is not None:
+        if self.device.type != "cpu" or haste.engine.cpu_kernel_state() != "not built":
             return
         if haste.engine.env_setting() == "reference":  # nothing to build
             return

@@ -90,7 +90,7 @@ def test_reply_shape_defaults_and_request_id(client):
                            headers={"X-Request-ID": "trace-123"})  # fmt: skip
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"request_id", "model", "model_version", "level", "predictions", "compute", "timing_ms"}
+    assert set(body) == {"request_id", "model", "model_version", "level", "plan", "predictions", "compute", "timing_ms"}
     assert body["request_id"] == "trace-123" == response.headers["x-request-id"]
     assert body["level"] == haste.DEFAULT_LEVEL and body["model"] == MODEL
     assert len(body["predictions"]) == 5
