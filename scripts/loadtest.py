@@ -20,7 +20,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,37 +27,11 @@ import time
 from pathlib import Path
 
 import httpx
+from loadgen import spawn  # scripts/ is the script's own directory: on sys.path
 from prometheus_client.parser import text_string_to_metric_families
 
 LEVELS = ("off", "low", "medium", "high")
 IMAGE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "fmnist-0000-ankle-boot.png"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str) -> tuple[subprocess.Popen, str]:
-    """``haste serve`` for ``model`` on a free loopback port, once /readyz answers 200."""
-    port = free_port()
-    env = {**os.environ, "HASTE_MODELS": model, "HASTE_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "haste.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"loadtest: haste serve exited with status {proc.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.terminate()
-    raise SystemExit("loadtest: haste serve was not ready after 600 s")
 
 
 def counters(url: str, model: str) -> dict:
@@ -123,7 +96,7 @@ def delta(after: dict, before: dict, level: str) -> dict:
 def run(args) -> dict:
     if shutil.which("hey") is None:
         raise SystemExit("loadtest: hey is not installed (Debian package hey; scripts/setup.sh installs it)")
-    proc, url = start_server(args.model)
+    proc, url = spawn(args.model, {})  # scripts/loadgen.py: haste serve on a free loopback port, ready
     try:
         for level in args.levels:  # warm the connection pools and each level's plans
             hey(url, level, max(args.concurrency), 2, args.model)
