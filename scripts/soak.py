@@ -614,17 +614,27 @@ def run_bad_input(server: Server, seed: int, batch: int = 25) -> dict:
 # ------------------------------------------------------------------------------------------- overload
 
 
+def timed_classify(client: httpx.Client, data: bytes) -> tuple[httpx.Response | None, float]:
+    """One classify request of ``data`` at level medium: (its response, None if the transport failed; seconds)."""
+    t0 = time.perf_counter()
+    try:
+        response = client.post("/v1/classify?level=medium", content=data, headers={"Content-Type": "image/png"})
+    except httpx.HTTPError:
+        response = None
+    return response, time.perf_counter() - t0
+
+
 def latencies(url: str, n: int, timeout: float = HANG_S) -> list[float]:
     """Seconds of ``n`` sequential classify requests of the fixture (all must be 200)."""
     data = FIXTURE.read_bytes()
     out = []
     with httpx.Client(base_url=url, timeout=timeout) as client:
         for _ in range(n):
-            t0 = time.perf_counter()
-            response = client.post("/v1/classify?level=medium", content=data, headers={"Content-Type": "image/png"})
-            out.append(time.perf_counter() - t0)
-            if response.status_code != 200:
-                raise RuntimeError(f"baseline request answered {response.status_code}: {response.text[:200]}")
+            response, took = timed_classify(client, data)
+            out.append(took)
+            if response is None or response.status_code != 200:
+                answer = "no answer" if response is None else f"{response.status_code}: {response.text[:200]}"
+                raise RuntimeError(f"baseline request answered {answer}")
     return out
 
 
@@ -671,13 +681,8 @@ def recovery(url: str, normal_s: float, within_s: float = 30.0, run: int = 5) ->
     streak = 0
     with httpx.Client(base_url=url, timeout=HANG_S) as client:
         while time.monotonic() - start < within_s:
-            t0 = time.perf_counter()
-            try:
-                status = client.post("/v1/classify?level=medium", content=data,
-                                     headers={"Content-Type": "image/png"}).status_code  # fmt: skip
-            except httpx.HTTPError:
-                status = 0
-            took = time.perf_counter() - t0
+            response, took = timed_classify(client, data)
+            status = response.status_code if response is not None else 0
             seen.append((round(time.monotonic() - start, 3), took, status))
             streak = streak + 1 if status == 200 and took <= normal_s else 0
             if streak == run:
@@ -774,13 +779,9 @@ def run_slow_clients(server: Server, seconds: int, slowloris: int, idle: int, ba
     n = 0
     with httpx.Client(base_url=server.url, timeout=HANG_S) as client:
         while time.monotonic() - opened_at < seconds:
-            t0 = time.perf_counter()
-            try:
-                status = client.post("/v1/classify?level=medium", content=data,
-                                     headers={"Content-Type": "image/png"}).status_code  # fmt: skip
-            except httpx.HTTPError:
-                status = 0
-            normal.append(time.perf_counter() - t0)
+            response, took = timed_classify(client, data)
+            status = response.status_code if response is not None else 0
+            normal.append(took)
             normal_status[status] += 1
             if time.monotonic() >= next_trickle:
                 n += 1
