@@ -8,7 +8,8 @@ imported on first use: it loads torchvision, which ``import haste`` does not nee
 from .convert import Conversion, conversion, convert, refresh, revert
 from .counting import count_flops
 from .levels import DEFAULT_LEVEL, LEVELS, MAX_HYPERPLANES, compression
-from .module import HasteConv2d
+from .module import HasteConv2d, Skip
+from .options import Options
 from .profile import LayerStats, Report, profile
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "Conversion",
     "HasteConv2d",
     "LayerStats",
+    "Options",
     "Report",
+    "Skip",
     "compression",
     "conversion",
     "convert",

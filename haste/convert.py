@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .levels import MAX_HYPERPLANES, resolve_table
-from .module import HasteConv2d, check_options, unsupported
+from . import options as _options
+from .levels import resolve_table
+from .module import HasteConv2d, Skip, unsupported
+from .options import Options
 from .plans import check_plan_layers, check_plans
 
 
@@ -17,65 +19,51 @@ class Conversion:
     """What ``convert`` did: converted layer names, skipped layers with the reason, the options."""
 
     replaced: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
+    #: layer name -> why it stayed dense (``Skip``: kind, detail, why); ``skipped`` has them as text
+    skips: dict[str, Skip] = field(default_factory=dict)
+    #: the options it converted with (``Options.as_dict()``)
     options: dict = field(default_factory=dict)
     #: the level plans the layers run (engine -> level -> entries, ``haste.plans``); {} without plans
     plans: dict = field(default_factory=dict)
 
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Layer name -> why it stayed dense, as text: "depthwise conv (groups=32): merging channels across ..."."""
+        return {name: str(skip) for name, skip in self.skips.items()}
 
-def skip_reason(conv: nn.Conv2d, index: int, *, start_layer: int, include_pointwise: bool) -> str | None:
+
+def skip_reason(conv: nn.Conv2d, index: int, *, start_layer: int, include_pointwise: bool) -> Skip | None:
     """Why ``conv`` (the index-th Conv2d of its model) is left dense, or None if it is converted: before
     ``start_layer``, what ``HasteConv2d`` cannot wrap (``module.unsupported``: custom forward, module hooks,
     uninitialised lazy conv, grouped, dilated, non-zero padding), or 1x1 without ``include_pointwise``."""
     if index < start_layer:
-        return f"before start_layer={start_layer} (conv #{index}{', the first conv' if index == 0 else ''})"
+        return Skip(f"{_BEFORE_START}={start_layer}", f"conv #{index}{', the first conv' if index == 0 else ''}")
     reason = unsupported(conv)
     if reason:
         return reason
     if tuple(conv.kernel_size) == (1, 1) and not include_pointwise:
-        return "1x1 conv (overhead relatively high; pass include_pointwise=True to convert it)"
+        return Skip("1x1 conv", "overhead relatively high; pass include_pointwise=True to convert it")
     return None
 
 
-#: convert()'s options when neither the call nor the model's card sets them.
-DEFAULT_OPTIONS = dict(
-    patch_size=4, sparsity=2 / 3, hash="ternary", seed=0, start_layer=1, include_pointwise=False,
-    max_hyperplanes=MAX_HYPERPLANES, merge="mean",
-)  # fmt: skip
+_BEFORE_START = "before start_layer"
 
 
+@_options.keywords(default_none=True)
 def convert(
     model: nn.Module,
     *,
-    patch_size: int | None = None,
-    sparsity: float | None = None,
-    hash: str | None = None,
-    seed: int | None = None,
-    start_layer: int | None = None,
-    include_pointwise: bool | None = None,
-    max_hyperplanes: int | None = None,
-    merge: str | None = None,
     levels: Mapping[str, object] | None = None,
     plans: Mapping[str, object] | None = None,
+    **options: object,
 ) -> nn.Module:
     """Replace the eligible convs of ``model`` in place by HASTE wrappers and return ``model``.
 
     Every option left at None takes the value the model's card was calibrated with (a model loaded
-    with ``haste.zoo.load`` carries its card), else ``DEFAULT_OPTIONS`` (P=4, sparsity 2/3, ternary,
-    seed 0, start_layer 1, no 1x1, 24 hyperplanes, the paper's mean merge).
+    with ``haste.zoo.load`` carries its card), else its default (``haste.Options``).
 
     Args:
-        patch_size: tile side P, in output pixels (an integer, 1 or more).
-        sparsity: ternary hyperplanes: probability of a 0 entry, in [0, 1) (the paper: 2/3 CIFAR, 1/2 ImageNet).
-        hash: "ternary" (additions only) or "gaussian" (SimHash).
-        seed: an integer, 0 or more; hyperplanes of the i-th conv are sampled from ``seed * 1_000_003 + i``.
-        start_layer: index (in module order, from 0) of the first Conv2d that may be converted;
-            the default 1 leaves the first conv dense.
-        include_pointwise: True to also convert 1x1 convs.
-        max_hyperplanes: hyperplanes sampled per layer (the largest usable L), 1 to 62.
-        merge: "mean" (the paper: hash centred across channels, mean inputs, summed filters) or
-            "scaled" (hash centred within each channel, filter slices weighted by least-squares scales;
-            see ``haste.functional``).
+        {options}
         levels: level table overriding ``haste.LEVELS``: name -> int, or name -> {layer: int,
             "default": int} for a per-layer schedule (layer = a conv's name in the model). Values are
             integers, 0 (dense) or 1..max_hyperplanes; the default table must fit max_hyperplanes too. By
@@ -94,24 +82,19 @@ def convert(
     on its own. Raises ValueError for an invalid option, and if no conv is eligible; the model is left
     unchanged when convert raises.
     """
-    given = dict(
-        patch_size=patch_size, sparsity=sparsity, hash=hash, seed=seed, start_layer=start_layer,
-        include_pointwise=include_pointwise, max_hyperplanes=max_hyperplanes, merge=merge,
-    )  # fmt: skip
+    _options.check_names(options)
+    given = {k: v for k, v in options.items() if v is not None}
     if isinstance(model, HasteConv2d):
         raise ValueError("convert() takes the model containing the convs; this is already a HasteConv2d")
     if isinstance(model, nn.Conv2d):
         raise ValueError("convert() replaces convs inside a model; wrap a single conv with haste.HasteConv2d(conv)")
-    calibrated = calibrated_options(model)
-    options = {k: v if v is not None else calibrated[k] for k, v in given.items()}
-    check_options(**options)
+    chosen_options = calibrated_options(model).replace(**given)
     record = conversion(model)
     if record is not None:
-        return _reconverted(model, record, {k: v for k, v in given.items() if v is not None}, levels, plans)
+        return _reconverted(model, record, given, levels, plans)
     _check_not_partly_converted(model)
-    patch_size, sparsity, hash, seed = options["patch_size"], options["sparsity"], options["hash"], options["seed"]
-    start_layer, include_pointwise = options["start_layer"], options["include_pointwise"]
-    record = Conversion(options=options)
+    start_layer = chosen_options.start_layer
+    record = Conversion(options=chosen_options.as_dict())
     aliases: dict[int, list[str]] = {}  # every name of each conv (a module may be registered under several)
     convs = []
     for name, m in model.named_modules(remove_duplicate=False):
@@ -122,9 +105,9 @@ def convert(
             aliases[id(m)].append(name)
     chosen = []
     for index, (name, conv) in enumerate(convs):
-        reason = skip_reason(conv, index, start_layer=start_layer, include_pointwise=include_pointwise)
+        reason = skip_reason(conv, index, start_layer=start_layer, include_pointwise=chosen_options.include_pointwise)
         if reason:
-            record.skipped[name] = reason
+            record.skips[name] = reason
         else:
             chosen.append((index, name, conv))
     if not chosen:
@@ -133,9 +116,9 @@ def convert(
                 f"start_layer={start_layer} is past the model's last conv: it has {len(convs)} Conv2d, numbered 0 to "
                 f"{len(convs) - 1} in module order (start_layer is the number of the first conv that may be converted)"
             )
-        raise ValueError(f"no convolution of this model can be converted: {_summary(record.skipped)}")
+        raise ValueError(f"no convolution of this model can be converted: {_summary(record.skips)}")
     if levels is None:
-        levels = card_levels(model, record.options)
+        levels = card_levels(model, chosen_options)
         if plans is None and levels is not None:
             plans = _calibration(model).get("plans")
     names = [n for names in aliases.values() for n in names]
@@ -148,13 +131,8 @@ def convert(
         HasteConv2d(
             conv,
             name=name,
-            patch_size=patch_size,
-            hash=hash,
-            sparsity=sparsity,
-            seed=seed * 1_000_003 + index,
-            max_hyperplanes=options["max_hyperplanes"],
+            options=chosen_options.replace(seed=chosen_options.seed * 1_000_003 + index),
             levels=levels,
-            merge=options["merge"],
             plans=record.plans,
         )
         for index, name, conv in chosen
@@ -244,61 +222,53 @@ def _calibration(model: nn.Module) -> dict:
     return (getattr(model, "haste_card", None) or {}).get("haste") or {}
 
 
-def calibrated_options(model: nn.Module) -> dict:
-    """The conversion options the model's card was calibrated with, ``DEFAULT_OPTIONS`` where it has none."""
-    return {**DEFAULT_OPTIONS, **(_calibration(model).get("options") or {})}
+def calibrated_options(model: nn.Module) -> Options:
+    """The conversion options the model's card was calibrated with (its ``"options"``, read by
+    ``Options.from_mapping``), the defaults where it has none."""
+    return Options.from_mapping(_calibration(model).get("options") or {})
 
 
-def card_levels(model: nn.Module, options: dict) -> Mapping[str, object] | None:
+def card_levels(model: nn.Module, options: Options) -> Mapping[str, object] | None:
     """The calibrated level table of the model's card, if it was calibrated with these conversion
     options; else None."""
     levels = _calibration(model).get("levels")
-    calibrated = calibrated_options(model)
-    if levels and all(calibrated.get(k) == v for k, v in options.items()):
+    if levels and calibrated_options(model) == options:
         return levels
     return None
 
 
-def _kind(reason: str) -> str:
-    return reason.split(" (")[0].split(":")[0]
-
-
-def _summary(skipped: dict[str, str]) -> str:
+def _summary(skips: dict[str, Skip]) -> str:
     """'11 x depthwise conv (groups=32, 96, 144, ...): ..., 1 x before start_layer=1 ...': skip reasons counted
     by kind, the details of a kind listed when they differ from conv to conv."""
-    if not skipped:
+    if not skips:
         return "the model has no nn.Conv2d"
-    kinds: dict[str, list[str]] = {}
-    for reason in skipped.values():
-        kinds.setdefault(_kind(reason), []).append(reason)
+    kinds: dict[str, list[Skip]] = {}
+    for skip in skips.values():
+        kinds.setdefault(skip.kind, []).append(skip)
     parts = []
-    for kind, reasons in sorted(kinds.items(), key=lambda item: -len(item[1])):
-        if kind.startswith("before start_layer=") and len(reasons) > 1:  # the range it covers
-            text = f"{kind} (convs #0 to #{len(reasons) - 1})"
-        elif len(set(reasons)) == 1:
-            text = reasons[0]
+    for kind, group in sorted(kinds.items(), key=lambda item: -len(item[1])):
+        if kind.startswith(_BEFORE_START) and len(group) > 1:  # the range it covers
+            text = f"{kind} (convs #0 to #{len(group) - 1})"
+        elif len(set(group)) == 1:
+            text = str(group[0])
         else:
-            text = _merged(kind, reasons)
-        parts.append(f"{len(reasons)} x {text}")
+            text = _merged(kind, group)
+        parts.append(f"{len(group)} x {text}")
     return "; ".join(parts)
 
 
-def _merged(kind: str, reasons: list[str]) -> str:
-    """One text for different reasons of one kind, "kind (detail): why": the distinct details listed."""
-    details, whys = [], []
-    for reason in reasons:
-        head, sep, why = reason.partition("): ")
-        if not sep or not head.startswith(kind + " ("):
-            return kind  # not of the "kind (detail): why" form: the kind alone is what they share
-        details.append(head[len(kind) + 2 :])
-        whys.append(why)
-    distinct = list(dict.fromkeys(details))
+def _merged(kind: str, skips: list[Skip]) -> str:
+    """One text for different skips of one kind, "kind (details): why": the distinct details listed."""
+    if any(skip.detail is None or not skip.why for skip in skips):
+        return kind  # nothing but the kind to share
+    distinct = list(dict.fromkeys(skip.detail for skip in skips))
     keys = {d.partition("=")[0] for d in distinct}
     if len(keys) == 1 and all("=" in d for d in distinct):  # groups=32, groups=96 -> groups=32, 96
         key = keys.pop()
         distinct = [f"{key}={distinct[0].partition('=')[2]}", *(d.partition("=")[2] for d in distinct[1:])]
     shown = ", ".join(distinct[:4]) + (", ..." if len(distinct) > 4 else "")
-    why = whys[0] if len(set(whys)) == 1 else "see haste.conversion(model).skipped"
+    whys = {skip.why for skip in skips}
+    why = whys.pop() if len(whys) == 1 else "see haste.conversion(model).skipped"
     return f"{kind} ({shown}): {why}"
 
 

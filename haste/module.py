@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numbers
+from dataclasses import dataclass
 
 import torch
 import torch.fx
@@ -10,10 +10,11 @@ from torch import nn
 
 from . import engine
 from . import levels as _levels
+from . import options as _options
 from . import plans as _plans
 from .flops import conv_flops, haste_flops, tile_sums
-from .functional import check_merge, conv_padding
-from .lsh import FAMILIES, sample_hyperplanes
+from .functional import conv_padding
+from .lsh import sample_hyperplanes
 from .profile import active
 from .tiles import Geometry, geometry
 
@@ -41,20 +42,35 @@ _SCRIPT_ERROR = (
 )
 
 
-def unsupported(conv: nn.Module) -> str | None:
+@dataclass(frozen=True)
+class Skip:
+    """Why a conv stays dense: its ``kind`` ("depthwise conv"), a ``detail`` of this conv ("groups=32"; optional)
+    and ``why`` that kind cannot be converted (optional). ``str()`` reads "kind (detail): why"."""
+
+    kind: str
+    detail: str | None = None
+    why: str = ""
+
+    def __str__(self) -> str:
+        return (
+            self.kind + (f" ({self.detail})" if self.detail is not None else "") + (f": {self.why}" if self.why else "")
+        )
+
+
+def unsupported(conv: nn.Module) -> Skip | None:
     """Why ``HasteConv2d`` cannot stand in for ``conv`` (None if it can): it must be an initialised nn.Conv2d
     whose forward is nn.Conv2d's own, without module hooks (the wrapper computes from the conv's weights without
-    calling the module), with groups=1, dilation 1 and zero padding. Reasons read "kind (detail): why"."""
+    calling the module), with groups=1, dilation 1 and zero padding."""
     if not isinstance(conv, nn.Conv2d):
-        return f"not an nn.Conv2d ({type(conv).__name__}): HasteConv2d wraps 2-D convolutions only"
+        return Skip("not an nn.Conv2d", type(conv).__name__, "HasteConv2d wraps 2-D convolutions only")
     if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
-        return f"uninitialised lazy conv ({type(conv).__name__}): run one forward first so that its shape is known"
+        return Skip("uninitialised lazy conv", type(conv).__name__, "run one forward first so that its shape is known")
     for method in ("forward", "_conv_forward"):
         if getattr(type(conv), method) is not getattr(nn.Conv2d, method):
-            return (
-                f"custom forward ({type(conv).__qualname__}.{method}): the wrapper computes from the weights and "
-                "would bypass it"
-            )
+            return Skip(
+                "custom forward", f"{type(conv).__qualname__}.{method}",
+                "the wrapper computes from the weights and would bypass it",
+            )  # fmt: skip
     hooks = [
         kind
         for kind, registered in (
@@ -66,49 +82,17 @@ def unsupported(conv: nn.Module) -> str | None:
         if registered
     ]
     if hooks:
-        return f"module hooks ({', '.join(hooks)}): the wrapper does not call the conv module, so they would not run"
+        return Skip(
+            "module hooks", ", ".join(hooks), "the wrapper does not call the conv module, so they would not run"
+        )
     if conv.groups != 1:
         kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
-        return f"{kind} conv (groups={conv.groups}): merging channels across groups breaks the grouping"
+        return Skip(f"{kind} conv", f"groups={conv.groups}", "merging channels across groups breaks the grouping")
     if tuple(conv.dilation) != (1, 1):
-        return f"dilated conv (dilation={tuple(conv.dilation)}): tile regions assume dilation 1"
+        return Skip("dilated conv", f"dilation={tuple(conv.dilation)}", "tile regions assume dilation 1")
     if conv.padding_mode != "zeros":
-        return f"padding_mode={conv.padding_mode!r}: only zero padding is supported"
+        return Skip(f"padding_mode={conv.padding_mode!r}", why="only zero padding is supported")
     return None
-
-
-#: (lowest, highest or None) of the integer options.
-_INTEGER_OPTIONS = {
-    "patch_size": (1, None), "seed": (0, None), "start_layer": (0, None),
-    "max_hyperplanes": (1, _levels.HYPERPLANES_LIMIT),
-}  # fmt: skip
-
-
-def check_options(**options) -> None:
-    """Raise ValueError, saying what is accepted, unless every given conversion option (any of ``haste.convert``'s
-    but ``levels``) has a valid value: integers are ints (not bools), ``include_pointwise`` a bool."""
-    for key, value in options.items():
-        if key in _INTEGER_OPTIONS:
-            low, high = _INTEGER_OPTIONS[key]
-            if (
-                isinstance(value, bool) or not isinstance(value, numbers.Integral)
-                or value < low or (high is not None and value > high)
-            ):  # fmt: skip
-                accepted = f"from {low} to {high}" if high is not None else f"{low} or more"
-                raise ValueError(f"{key} must be an integer {accepted}; got {value!r}")
-        elif key == "sparsity":
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-                raise ValueError(f"sparsity must be a number in [0, 1) (probability of a 0 entry); got {value!r}")
-        elif key == "hash":
-            if not isinstance(value, str) or value not in FAMILIES:
-                raise ValueError(f"hash must be one of {', '.join(FAMILIES)}; got {value!r}")
-        elif key == "include_pointwise":
-            if not isinstance(value, bool):
-                raise ValueError(f"include_pointwise must be True or False; got {value!r}")
-        elif key == "merge":
-            check_merge(value)
-        else:
-            raise TypeError(f"unknown conversion option {key!r}")
 
 
 def _state_dict_like_the_conv(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
@@ -135,6 +119,11 @@ def _load_like_the_conv(module: nn.Module, state_dict: dict, prefix: str, *args)
             state_dict[target] = state_dict.pop(key)
 
 
+#: The options ``HasteConv2d`` takes as keywords (``convert`` alone uses the others).
+_LAYER_OPTIONS = tuple(option.name for option in _options.OPTIONS if option.layer)
+
+
+@_options.keywords(layer=True)
 class HasteConv2d(nn.Module):
     """Runs the wrapped conv with HASTE channel merging at the level of the current context.
 
@@ -148,15 +137,12 @@ class HasteConv2d(nn.Module):
         conv: the pre-trained conv: an nn.Conv2d (or a subclass keeping its forward) with groups=1,
             dilation 1, zero padding and no module hooks (ValueError otherwise; see ``unsupported``).
         name: the layer's qualified name in its model (reports, per-layer schedules).
-        patch_size: tile side P in output pixels.
-        hash: hyperplane family, "ternary" or "gaussian".
-        sparsity: probability of a zero entry of a ternary hyperplane.
-        seed: seed of this layer's hyperplanes.
-        max_hyperplanes: rows sampled (1..62); a level uses the first L.
+        options: the conversion options (``haste.Options``; default: the defaults); ``start_layer`` and
+            ``include_pointwise`` choose which convs ``haste.convert`` converts and do nothing here. The keywords
+            below, when given, change them:
+        {options}
         levels: this layer's table level name -> hyperplanes (see ``levels.resolve_table``), each 0 (dense)
             or 1..max_hyperplanes; default ``haste.LEVELS``.
-        merge: "mean" (the paper) or "scaled" (within-channel hashing, least-squares scaled filter merge;
-            see ``haste.functional``).
         plans: per engine and level, what this layer runs at each batch size (``haste.plans``: engine -> level ->
             entries); a level without a plan for the engine that runs uses ``levels`` at every batch size.
     """
@@ -166,14 +152,10 @@ class HasteConv2d(nn.Module):
         conv: nn.Conv2d,
         *,
         name: str = "",
-        patch_size: int = 4,
-        hash: str = "ternary",
-        sparsity: float = 2 / 3,
-        seed: int = 0,
-        max_hyperplanes: int = _levels.MAX_HYPERPLANES,
+        options: _options.Options | None = None,
         levels: dict[str, int] | None = None,
-        merge: str = "mean",
         plans: dict | None = None,
+        **changes,
     ) -> None:
         super().__init__()
         reason = unsupported(conv)
@@ -182,21 +164,26 @@ class HasteConv2d(nn.Module):
                 f"HasteConv2d cannot wrap {name or 'this conv'}: {reason}. It wraps an nn.Conv2d (or a subclass "
                 "keeping nn.Conv2d's forward) with groups=1, dilation 1, zero padding and no module hooks"
             )
-        check_options(patch_size=patch_size, hash=hash, sparsity=sparsity, seed=seed, max_hyperplanes=max_hyperplanes)
+        _options.check_names(changes, _LAYER_OPTIONS, "HasteConv2d option")
+        options = (options or _options.Options()).replace(**changes)
         self.conv = conv
         self.name = name
-        self.patch_size = patch_size
-        self.hash = hash
-        self.sparsity = sparsity
-        self.seed = seed
-        self.max_hyperplanes = max_hyperplanes
-        self.merge = check_merge(merge)
+        #: the conversion options (``haste.Options``); the attributes below are its fields this layer uses
+        self.options = options
+        self.patch_size = patch_size = options.patch_size
+        self.hash = options.hash
+        self.sparsity = options.sparsity
+        self.seed = options.seed
+        self.max_hyperplanes = max_hyperplanes = options.max_hyperplanes
+        self.merge = merge = options.merge
         self.levels = _levels.resolve_table(levels, name, max_hyperplanes)
         #: engine -> level -> LayerPlan (haste.plans); empty without plans
         self.plans = _plans.layer_plans(_plans.check_plans(plans), name, max_hyperplanes) if plans else {}
         self.padding = conv_padding(conv)
         region = tuple((patch_size - 1) * s + k for s, k in zip(conv.stride, conv.kernel_size))
-        planes = sample_hyperplanes(max_hyperplanes, region[0] * region[1], family=hash, sparsity=sparsity, seed=seed)
+        planes = sample_hyperplanes(
+            max_hyperplanes, region[0] * region[1], family=options.hash, sparsity=options.sparsity, seed=options.seed
+        )
         self.register_buffer("planes", planes.to(conv.weight.device, conv.weight.dtype), persistent=False)
         self._cpu_cache: tuple | None = None  # see _cpu_operands
         self._geometry: dict[tuple[int, int], Geometry] = {}
