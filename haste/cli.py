@@ -2,7 +2,8 @@
 with ``add_command(subparsers)``: train (haste_lab.train), evaluate (haste_lab.evaluate), sweep and calibrate
 (haste_lab.sweep), bench (haste_lab.bench), serve (service.cli). The argparse types the subcommands share are
 here, so a bad value is refused the same way everywhere: ``error: argument --batch: must be a positive
-integer, got 0`` and exit status 2, before any model is loaded."""
+integer, got 0`` and exit status 2, before any model is loaded. So are the conversion options' flags
+(``add_option_arguments``: one per ``haste.options.OPTIONS`` entry with a flag, typed by what it accepts)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import argparse
 import importlib
 import math
 import sys
+from collections.abc import Callable, Iterable
 
 from .levels import MAX_HYPERPLANES
+from .options import OPTIONS, Flag, Integer, Number, OneOf, Option, shown
 
 COMMAND_MODULES = (
     "haste_lab.train",
@@ -48,15 +51,19 @@ def hyperplane_count(text: str) -> int:
     return _integer(text, 1, MAX_HYPERPLANES, f"an integer from 1 to {MAX_HYPERPLANES} (--level off runs dense)")
 
 
-def fraction(text: str) -> float:
-    """argparse type of a probability in [0, 1) (the ternary hyperplanes' sparsity)."""
+def _number(text: str, low: float, high: float) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+    if not low <= value < high:
+        raise argparse.ArgumentTypeError(f"must be a number in [{low}, {high}), got {text}")
     return value
+
+
+def fraction(text: str) -> float:
+    """argparse type of a probability in [0, 1) (the ternary hyperplanes' sparsity)."""
+    return _number(text, 0, 1)
 
 
 def non_negative_float(text: str) -> float:
@@ -75,6 +82,43 @@ def boolean(text: str) -> bool:
     if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
         raise argparse.ArgumentTypeError(f"must be true or false (yes/no, 1/0), got {text}")
     return text.lower() in ("true", "yes", "1")
+
+
+#: The conversion options the commands have flags for (``--patch-size`` for ``patch_size``), in field order.
+FLAG_OPTIONS = tuple(option for option in OPTIONS if option.flag)
+
+
+def option_type(option: Option) -> Callable[[str], object]:
+    """The argparse type of ``option``'s flag: it refuses what the option does not accept (a choice's flag
+    uses argparse's ``choices`` instead)."""
+    accepts = option.accepts
+    if isinstance(accepts, Integer):
+        if accepts.high is None and accepts.low in (0, 1):
+            return positive_int if accepts.low == 1 else non_negative_int
+        return lambda text: _integer(text, accepts.low, accepts.high, accepts.accepted())
+    if isinstance(accepts, Number):
+        return lambda text: _number(text, accepts.low, accepts.high)
+    if isinstance(accepts, Flag):
+        return boolean
+    return str
+
+
+def add_option_arguments(group, options: Iterable[Option] = FLAG_OPTIONS, *, several: bool = False) -> None:
+    """One flag per conversion option in ``options`` (``--patch-size`` sets ``args.patch_size``): one value,
+    default None (the caller's default: a card's options, else the option's own), or with ``several`` one or more
+    values, default [the option's default] (a sweep's axes). A True/False option's flag alone means true."""
+    for option in options:
+        kwargs: dict = {"type": option_type(option)}
+        if isinstance(option.accepts, OneOf):
+            kwargs = {"choices": option.accepts.choices}
+        if several:
+            kwargs.update(nargs="+", default=[option.default], help=f"{option.help}; one or more values, each "
+                          f"{option.accepts.accepted()} (default {shown(option.default)})")  # fmt: skip
+        else:
+            kwargs.update(help=option.describe())
+            if isinstance(option.accepts, Flag):
+                kwargs.update(nargs="?", const=True)
+        group.add_argument(f"--{option.name.replace('_', '-')}", **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -116,7 +116,7 @@ class Options:
     patch_size: int = _option(4, Integer(1), "output tile side P, in pixels")
     sparsity: float = _option(
         2 / 3, Number(0, 1, "probability of a 0 entry"),
-        "ternary hyperplanes only (the paper: 2/3 on CIFAR, 1/2 on ImageNet)",
+        "share of zero entries in the ternary hyperplanes (the paper: 2/3 on CIFAR, 1/2 on ImageNet)",
     )  # fmt: skip
     hash: str = _option("ternary", OneOf(FAMILIES), "hyperplane family: ternary (additions only) or gaussian (SimHash)")
     seed: int = _option(

@@ -25,11 +25,11 @@ from haste import zoo
 from haste.cli import non_negative_float, positive_int
 from haste.convert import conversion, convert
 
-from .evaluate import CONVERT_DEFAULTS, add_data_arguments, command_line, dense_copy, load_data, predict, summarise
-from .sweep import AXES, add_grid_arguments, conv_names, matching, schedule_table, summarize, sweep
+from .evaluate import add_data_arguments, command_line, dense_copy, load_data, predict, summarise
+from .sweep import DEFAULTS, OPTION_AXES, add_grid_arguments, conv_names, matching, schedule_table, summarize, sweep
 
-#: The conversion options a calibration is for (one value each; the seed comes from --seeds).
-OPTION_AXES = tuple(a for a in AXES if a != "schedule")
+#: The conversion options a calibration is for: one value of each sweep axis, and the seed (the first of --seeds).
+CALIBRATED = (*(option.name for option in OPTION_AXES), "seed")
 
 #: Largest accuracy drop (points) allowed per level.
 BUDGETS = {"low": 0.5, "medium": 1.0, "high": 2.0}
@@ -86,7 +86,7 @@ def calibrate(
     schedule lists) run here. ``options`` are the convert options the levels are for (default: the
     library defaults); the test runs use ``options["seed"]``.
     """
-    options = {**CONVERT_DEFAULTS, **(options or {})}
+    options = {**{k: DEFAULTS[k] for k in CALIBRATED}, **(options or {})}
     if sweep_file:
         swept = json.loads(Path(sweep_file).read_text())
         if swept["split"] != split:
@@ -98,7 +98,7 @@ def calibrate(
             hyperplanes=grid.get("hyperplanes", [4, 5, 6, 7, 8, 10, 12, 14]),
             seeds=grid.get("seeds", [0, 1, 2]),
             schedule=grid.get("schedule", [""]),
-            **{k: [options[k]] for k in OPTION_AXES},
+            **{option.name: [options[option.name]] for option in OPTION_AXES},
             split=split,
             data_dir=data_dir,
             limit=limit,
@@ -215,12 +215,13 @@ def add_command(sub) -> None:
 def _run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    for name in OPTION_AXES:
+    names = [option.name for option in OPTION_AXES]
+    for name in names:
         if len(getattr(args, name)) != 1:
             raise ValueError(
                 f"calibrate takes one value of --{name.replace('_', '-')} (the options the levels are for)"
             )
-    options = {k: getattr(args, k)[0] for k in OPTION_AXES}
+    options = {k: getattr(args, k)[0] for k in names}
     options["seed"] = args.seeds[0]
     result = calibrate(
         args.model,

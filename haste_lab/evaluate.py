@@ -22,17 +22,13 @@ import torch
 from torch import nn
 
 from haste import zoo
-from haste.cli import boolean, fraction, hyperplane_count, non_negative_int, positive_int
-from haste.convert import DEFAULT_OPTIONS, conversion, convert
-from haste.functional import MERGES
+from haste.cli import FLAG_OPTIONS, add_option_arguments, hyperplane_count, positive_int
+from haste.convert import conversion, convert
 from haste.levels import LEVELS, MAX_HYPERPLANES, compression
-from haste.lsh import FAMILIES
 from haste.preprocess import InputSpec, normalize, preprocess
 from haste.profile import Report, profile
 
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
-#: The library's conversion defaults (haste.convert's keyword defaults).
-CONVERT_DEFAULTS = {k: v for k, v in DEFAULT_OPTIONS.items() if k != "max_hyperplanes"}
 
 
 @dataclass
@@ -182,8 +178,8 @@ def evaluate(
 ) -> dict:
     """Evaluate ``model_name`` dense and converted at ``level`` (or ``hyperplanes``, which wins).
 
-    ``options`` are haste.convert options (patch_size, sparsity, hash, seed, start_layer,
-    include_pointwise, merge); None or absent means the card's calibrated options, else the defaults.
+    ``options`` are haste.convert options (the fields of ``haste.Options``); None or absent means the card's
+    calibrated options, else the defaults.
     Returns a JSON-ready dict: dense_accuracy, accuracy (fractions), drop_points, agreement,
     flops_dense / flops_executed / flops_overhead (multiply-adds per image), saving (fraction,
     overhead included), per-layer breakdown, conversion options and skipped layers.
@@ -227,21 +223,7 @@ def dense_copy(model: nn.Module) -> nn.Module:
 def add_convert_arguments(p) -> None:
     """haste.convert options as CLI flags (default: the card's calibrated options, else the library's)."""
     g = p.add_argument_group("conversion options (default: the card's calibrated options, else haste.convert's)")
-    g.add_argument("--patch-size", type=positive_int, help="output tile side P in pixels (default 4)")
-    g.add_argument("--sparsity", type=fraction, help="ternary hyperplanes: probability of a zero entry (default 2/3)")
-    g.add_argument("--hash", choices=FAMILIES, help="hyperplane family (default ternary)")
-    g.add_argument("--seed", type=int, help="hyperplane seed (default 0)")
-    g.add_argument(
-        "--start-layer", type=non_negative_int, help="index (from 0) of the first convertible conv (default 1)"
-    )
-    g.add_argument(
-        "--include-pointwise", type=boolean, nargs="?", const=True, help="also convert 1x1 convs (default no)"
-    )
-    g.add_argument(
-        "--merge",
-        choices=MERGES,
-        help="mean: the paper's merge; scaled: hash centred within channels, least-squares scaled filter merge",
-    )
+    add_option_arguments(g)
 
 
 def add_data_arguments(p, *, split: str = "test") -> None:
@@ -285,13 +267,7 @@ def _run(args) -> int:
         dataset=args.dataset,
         split=args.split,
         data_dir=args.data_dir,
-        patch_size=args.patch_size,
-        sparsity=args.sparsity,
-        hash=args.hash,
-        seed=args.seed,
-        start_layer=args.start_layer,
-        include_pointwise=args.include_pointwise,
-        merge=args.merge,
+        **{option.name: getattr(args, option.name) for option in FLAG_OPTIONS},
     )
     if args.json:
         print(json.dumps(result, indent=2))

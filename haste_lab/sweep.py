@@ -2,7 +2,8 @@
 
     haste sweep --model fmnist-resnet34 --hyperplanes 4 6 8 10 12 --seeds 0 1 2 --out results/sweep-r34
 
-Grid axes: hyperplanes, patch size, sparsity, hash family, start layer, include_pointwise and per-layer
+Grid axes: hyperplanes, the conversion options that have a flag (``OPTION_AXES``: patch size, sparsity,
+hash family, start layer, include_pointwise, merge; the seed is the repeat, ``--seeds``) and per-layer
 schedules (``--schedule "layer1=+2,layer4=-1"``: hyperplane offsets for the convs whose names match,
 relative to the row's hyperplanes; a plain number sets the value, ``layer1=12``, and 0 runs the layer
 dense; a pattern is a conv name, a name prefix such as ``layer1``, or a glob such as ``*.conv2``, and a
@@ -29,14 +30,12 @@ import torch
 from torch import nn
 
 from haste import zoo
-from haste.cli import boolean, fraction, hyperplane_count, non_negative_int, positive_int
+from haste.cli import FLAG_OPTIONS, add_option_arguments, hyperplane_count
 from haste.convert import convert, layer_hint
-from haste.functional import MERGES
 from haste.levels import MAX_HYPERPLANES
-from haste.lsh import FAMILIES
+from haste.options import Options, check_names
 
 from .evaluate import (
-    CONVERT_DEFAULTS,
     Data,
     add_data_arguments,
     command_line,
@@ -46,13 +45,18 @@ from .evaluate import (
     summarise,
 )
 
+#: The conversion options a sweep varies: those with a flag but the seed (each grid point runs every seed).
+OPTION_AXES = tuple(option for option in FLAG_OPTIONS if option.name != "seed")
 #: Grid axes besides hyperplanes and seed; a run is identified by these, the seed and the hyperplanes.
-AXES = ("patch_size", "sparsity", "hash", "start_layer", "include_pointwise", "merge", "schedule")
+AXES = (*(option.name for option in OPTION_AXES), "schedule")
+#: The conversion defaults (``haste.Options``).
+DEFAULTS = Options().as_dict()
 
 
 def with_defaults(row: dict) -> dict:
-    """A row of a result file written before the ``merge`` axis existed ran the paper's mean merge."""
-    row.setdefault("merge", "mean")
+    """A row of a result file written before an option's axis existed (``merge``) ran that option's default."""
+    for option in OPTION_AXES:
+        row.setdefault(option.name, option.default)
     return row
 
 
@@ -189,12 +193,6 @@ def sweep(
     *,
     hyperplanes: list[int],
     seeds: list[int] = (0, 1, 2),
-    patch_size: list[int] = (4,),
-    sparsity: list[float] = (2 / 3,),
-    hash: list[str] = ("ternary",),
-    start_layer: list[int] = (1,),
-    include_pointwise: list[bool] = (False,),
-    merge: list[str] = ("mean",),
     schedule: list[str] = ("",),
     out: str | Path | None = None,
     dataset: str | None = None,
@@ -204,9 +202,15 @@ def sweep(
     batch_size: int = 250,
     command: str = "",
     log=print,
+    **axes: list,
 ) -> dict:
     """Run the grid (product of the axes) for every seed; returns {model, data, dense_accuracy, rows,
-    summary}, written to ``out``.json/.csv/.png if given (resuming runs already in ``out``.json)."""
+    summary}, written to ``out``.json/.csv/.png if given (resuming runs already in ``out``.json).
+
+    ``axes``: the values of each conversion option swept (``OPTION_AXES``: patch_size=[2, 4], merge=["mean",
+    "scaled"], ...); an option not given takes its default. TypeError for an option that is not an axis."""
+    check_names(axes, AXES[:-1], "sweep axis")
+    values = [list(axes.get(option.name, [option.default])) for option in OPTION_AXES]
     dense = zoo.load(model_name)
     for text in schedule:  # a pattern matching no layer: say so before running anything
         check_schedule(conv_names(dense), text)
@@ -233,7 +237,7 @@ def sweep(
     result.setdefault("commands", [])
     if command and command not in result["commands"]:
         result["commands"].append(command)
-    grid = list(itertools.product(patch_size, sparsity, hash, start_layer, include_pointwise, merge, schedule))
+    grid = list(itertools.product(*values, schedule))
     total = len(grid) * len(seeds) * len(hyperplanes)
     for i, (point, seed, planes) in enumerate(itertools.product(grid, seeds, hyperplanes)):
         options = dict(zip(AXES, point))
@@ -297,24 +301,7 @@ def add_grid_arguments(p) -> None:
         help=f"L values, each 1..{MAX_HYPERPLANES} (default 4 5 6 7 8 10 12 14)",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="hyperplane seeds (default 0 1 2)")
-    p.add_argument(
-        "--patch-size", type=positive_int, nargs="+", default=[CONVERT_DEFAULTS["patch_size"]], help="tile sides P"
-    )
-    p.add_argument(
-        "--sparsity", type=fraction, nargs="+", default=[CONVERT_DEFAULTS["sparsity"]], help="each in [0, 1)"
-    )
-    p.add_argument(
-        "--hash", choices=FAMILIES, nargs="+", default=[CONVERT_DEFAULTS["hash"]], help="hyperplane families"
-    )
-    p.add_argument(
-        "--start-layer",
-        type=non_negative_int,
-        nargs="+",
-        default=[CONVERT_DEFAULTS["start_layer"]],
-        help="indexes (from 0) of the first convertible conv",
-    )
-    p.add_argument("--include-pointwise", type=boolean, nargs="+", default=[False], help="true and/or false")
-    p.add_argument("--merge", choices=MERGES, nargs="+", default=[CONVERT_DEFAULTS["merge"]], help="mean and/or scaled")
+    add_option_arguments(p, OPTION_AXES, several=True)
     p.add_argument(
         "--schedule",
         type=schedule_argument,
@@ -346,12 +333,6 @@ def _run(args) -> int:
         args.model,
         hyperplanes=args.hyperplanes,
         seeds=args.seeds,
-        patch_size=args.patch_size,
-        sparsity=args.sparsity,
-        hash=args.hash,
-        start_layer=args.start_layer,
-        include_pointwise=args.include_pointwise,
-        merge=args.merge,
         schedule=args.schedule,
         out=args.out,
         dataset=args.dataset,
@@ -360,6 +341,7 @@ def _run(args) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         command=command_line(),
+        **{option.name: getattr(args, option.name) for option in OPTION_AXES},
     )
     print(f"wrote {args.out}.json, .csv, .png ({len(result['rows'])} runs)")
     return 0

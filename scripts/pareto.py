@@ -22,6 +22,7 @@ import torch
 
 from haste import zoo
 from haste.convert import convert
+from haste.options import Options
 from haste_lab.bench import _real_images
 from haste_lab.evaluate import dense_copy
 from haste_lab.layer_times import forward_at, seconds
@@ -41,19 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     sweep = json.loads(args.sweep.read_text())
     plans = json.loads(args.plans.read_text())
     dense = zoo.load(args.model)
-    options = dense.haste_card["haste"]["options"]
+    options = Options.from_mapping(dense.haste_card["haste"]["options"])
     x, _ = _real_images(dense.haste_card, args.batch)
     points = []
     models = {"dense": dense}
     for row in sweep["summary"]:
-        if (
-            row["schedule"]
-            or row["patch_size"] != options["patch_size"]
-            or row["start_layer"] != options["start_layer"]
-        ):
+        if row["schedule"] or row["patch_size"] != options.patch_size or row["start_layer"] != options.start_layer:
             continue
         key = f"{row['merge']} L={row['hyperplanes']}"
-        opts = {**options, "merge": row["merge"]}
+        opts = options.replace(merge=row["merge"]).as_dict()
         models[key] = convert(dense_copy(dense), **opts, plans={}, levels={"high": row["hyperplanes"]})
         points.append({"setting": key, "family": f"uniform L, {row['merge']} merge"
                        + (" (the paper)" if row["merge"] == "mean" else ""),

@@ -23,7 +23,7 @@ import sys
 import typing
 from pathlib import Path
 
-from haste.convert import DEFAULT_OPTIONS
+from haste.options import Options
 from haste_lab.sweep import AXES, with_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ RESULTS = ROOT / "results"
 DOCS = ROOT / "docs"
 #: The model whose levels the README shows.
 REFERENCE = "fmnist-resnet34"
-DEFAULTS = {k: v for k, v in DEFAULT_OPTIONS.items() if k in AXES}
+DEFAULTS = {k: v for k, v in Options().as_dict().items() if k in AXES}
 PAPER = [
     ("ResNet34, CIFAR-10 (paper)", "-", "1.25", "46.20"),
     ("VGG19-BN, CIFAR-10 (paper)", "93.95", "1.63", "38.83"),
