@@ -13,6 +13,7 @@ Targets (each a section between ``<!-- NAME:begin ... -->`` and ``<!-- NAME:end 
   calibration split, with their PNG), results/ablation-<model>.json (one-factor-at-a-time ablation),
   results/bar-*.json and results/redundancy-*.json.
 - docs/settings.md, ``settings``: the service's settings (``settings_section``), from service/settings.py.
+- docs/library.md, ``options``: the conversion options (``options_section``), from haste/options.py.
 """
 
 from __future__ import annotations
@@ -417,6 +418,19 @@ def settings_section() -> str:
     return "\n".join(lines)
 
 
+def options_section() -> str:
+    """The conversion options as a table: option, default, accepted values, meaning (haste.Options)."""
+    from haste.options import OPTIONS, shown
+
+    lines = ["| option | default | accepted | meaning |", "| --- | --- | --- | --- |"]
+    for option in OPTIONS:
+        where = "" if option.layer else " (`convert` only)"
+        lines.append(
+            f"| `{option.name}` | `{shown(option.default)}` | {option.accepts.accepted()} | {option.help}{where} |"
+        )
+    return "\n".join(lines)
+
+
 def default_text(field) -> str:
     if field.default_factory is not None:
         doc = (field.default_factory.__doc__ or "").strip().rstrip(".")
@@ -459,6 +473,7 @@ def targets() -> list[tuple[Path, str, typing.Callable[[], str]]]:
         (ROOT / "README.md", "levels", levels_section),
         (DOCS / "results.md", "results", section),
         (DOCS / "settings.md", "settings", settings_section),
+        (DOCS / "library.md", "options", options_section),
     ]
 
 
