@@ -32,16 +32,18 @@ class Conversion:
         return {name: str(skip) for name, skip in self.skips.items()}
 
 
-def skip_reason(conv: nn.Conv2d, index: int, *, start_layer: int, include_pointwise: bool) -> Skip | None:
-    """Why ``conv`` (the index-th Conv2d of its model) is left dense, or None if it is converted: before
-    ``start_layer``, what ``HasteConv2d`` cannot wrap (``module.unsupported``: custom forward, module hooks,
-    uninitialised lazy conv, grouped, dilated, non-zero padding), or 1x1 without ``include_pointwise``."""
+def skip_reason(conv: nn.Conv2d, index: int, options: Options) -> Skip | None:
+    """Why ``conv`` (the index-th Conv2d of its model) is left dense with these conversion ``options``, or None if
+    it is converted: before ``start_layer``, what ``HasteConv2d`` cannot wrap (``module.unsupported``: custom
+    forward, module hooks, uninitialised lazy conv, grouped, dilated, non-zero padding), or 1x1 without
+    ``include_pointwise``."""
+    start_layer = options.start_layer
     if index < start_layer:
         return Skip(f"{_BEFORE_START}={start_layer}", f"conv #{index}{', the first conv' if index == 0 else ''}")
     reason = unsupported(conv)
     if reason:
         return reason
-    if tuple(conv.kernel_size) == (1, 1) and not include_pointwise:
+    if tuple(conv.kernel_size) == (1, 1) and not options.include_pointwise:
         return Skip("1x1 conv", "overhead relatively high; pass include_pointwise=True to convert it")
     return None
 
@@ -105,7 +107,7 @@ def convert(
             aliases[id(m)].append(name)
     chosen = []
     for index, (name, conv) in enumerate(convs):
-        reason = skip_reason(conv, index, start_layer=start_layer, include_pointwise=chosen_options.include_pointwise)
+        reason = skip_reason(conv, index, chosen_options)
         if reason:
             record.skips[name] = reason
         else:

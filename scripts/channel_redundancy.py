@@ -23,6 +23,7 @@ from torch import nn
 from haste import zoo
 from haste.convert import skip_reason
 from haste.functional import conv_padding
+from haste.options import Options
 from haste.tiles import geometry, regions
 from haste_lab.evaluate import load_data
 
@@ -30,8 +31,8 @@ from haste_lab.evaluate import load_data
 @torch.no_grad()
 def redundancy(model: nn.Module, x: torch.Tensor, patch: int = 4, start_layer: int = 1) -> dict:
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    chosen = {n: m for i, (n, m) in enumerate(convs) if not skip_reason(m, i, start_layer=start_layer,
-                                                                        include_pointwise=False)}  # fmt: skip
+    options = Options(start_layer=start_layer)
+    chosen = {n: m for i, (n, m) in enumerate(convs) if not skip_reason(m, i, options)}
     stats = {}
 
     def hook(name):

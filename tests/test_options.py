@@ -136,13 +136,13 @@ def test_a_skip_reads_as_the_reason_text(conv, text):
 
 def test_skip_reasons_of_convert_and_their_summary():
     conv = nn.Conv2d(8, 8, 3)
-    assert (
-        str(skip_reason(conv, 0, start_layer=1, include_pointwise=False))
-        == "before start_layer=1 (conv #0, the first conv)"
-    )
-    pointwise = skip_reason(nn.Conv2d(8, 8, 1), 2, start_layer=1, include_pointwise=False)
+    assert str(skip_reason(conv, 0, Options())) == "before start_layer=1 (conv #0, the first conv)"
+    pointwise = skip_reason(nn.Conv2d(8, 8, 1), 2, Options())
     assert pointwise == haste.Skip("1x1 conv", "overhead relatively high; pass include_pointwise=True to convert it")
-    assert skip_reason(conv, 2, start_layer=1, include_pointwise=False) is None
+    assert (
+        skip_reason(conv, 2, Options()) is None
+        and skip_reason(nn.Conv2d(8, 8, 1), 2, Options().replace(include_pointwise=True)) is None
+    )
     why = "merging channels across groups breaks the grouping"
     skips = {
         "a": haste.Skip("depthwise conv", "groups=16", why), "b": haste.Skip("depthwise conv", "groups=32", why),
