@@ -2,9 +2,9 @@
 
     haste sweep --model fmnist-resnet34 --hyperplanes 4 6 8 10 12 --seeds 0 1 2 --out results/sweep-r34
 
-Grid axes: hyperplanes, the conversion options that have a flag (``OPTION_AXES``: patch size, sparsity,
-hash family, start layer, include_pointwise, merge; the seed is the repeat, ``--seeds``) and per-layer
-schedules (``--schedule "layer1=+2,layer4=-1"``: hyperplane offsets for the convs whose names match,
+Grid axes: hyperplanes, the conversion options that have a flag but the seed (``OPTION_AXES``: patch size,
+sparsity, hash family, start layer, include_pointwise, merge; the seeds are the repeats, ``--seeds``) and
+per-layer schedules (``--schedule "layer1=+2,layer4=-1"``: hyperplane offsets for the convs whose names match,
 relative to the row's hyperplanes; a plain number sets the value, ``layer1=12``, and 0 runs the layer
 dense; a pattern is a conv name, a name prefix such as ``layer1``, or a glob such as ``*.conv2``, and a
 pattern that matches no conv is an error). Each point
@@ -209,7 +209,7 @@ def sweep(
 
     ``axes``: the values of each conversion option swept (``OPTION_AXES``: patch_size=[2, 4], merge=["mean",
     "scaled"], ...); an option not given takes its default. TypeError for an option that is not an axis."""
-    check_names(axes, AXES[:-1], "sweep axis")
+    check_names(axes, tuple(option.name for option in OPTION_AXES), "sweep axis")
     values = [list(axes.get(option.name, [option.default])) for option in OPTION_AXES]
     dense = zoo.load(model_name)
     for text in schedule:  # a pattern matching no layer: say so before running anything
