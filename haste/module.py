@@ -26,10 +26,17 @@ _EXPORT_ERROR = (
 )
 _Proxy = torch.fx.Proxy
 
-#: A dense conv whose input is the channels-last output of a HASTE layer first makes it NCHW-contiguous when the
-#: map has at most this many pixels: oneDNN's channels-last conv is slower on small maps (fmnist-resnet34, batch 1,
-#: layer1+2 HASTE and the rest dense: 1.232 -> 1.009 of dense; layer1-3 HASTE: 1.275 -> 1.102, one interleaved run).
+#: A dense conv of an NCHW model (its weight NCHW-contiguous) whose input is the channels-last output of a HASTE
+#: layer first makes it NCHW-contiguous when the map has at most this many pixels: oneDNN's conv on mixed layouts
+#: is slower on small maps (fmnist-resnet34, batch 1, layer1+2 HASTE and the rest dense: 1.232 -> 1.009 of dense;
+#: layer1-3 HASTE: 1.275 -> 1.102, one interleaved run). A channels-last model (``model.to(memory_format=
+#: torch.channels_last)``, as the service runs it) keeps channels-last throughout.
 _DENSE_NCHW_MAX_PIXELS = 64
+
+
+#: (engine, level, batch size) keys a layer remembers the planned hyperplanes of (a forward looks its plan up once
+#: per key; the lookup itself is what a level whose plan is dense costs over off).
+_PLANNED_KEYS = 1024
 
 
 def _channels_last_only(x: torch.Tensor) -> bool:
@@ -179,6 +186,7 @@ class HasteConv2d(nn.Module):
         self.levels = _levels.resolve_table(levels, name, max_hyperplanes)
         #: engine -> level -> LayerPlan (haste.plans); empty without plans
         self.plans = _plans.layer_plans(_plans.check_plans(plans), name, max_hyperplanes) if plans else {}
+        self._planned: dict[tuple[str, str, int], int] = {}  # (engine, level, batch) -> hyperplanes, from plans
         self.padding = conv_padding(conv)
         region = tuple((patch_size - 1) * s + k for s, k in zip(conv.stride, conv.kernel_size))
         planes = sample_hyperplanes(
@@ -245,10 +253,15 @@ class HasteConv2d(nn.Module):
         setting = setting or _levels.current()
         if setting.hyperplanes is not None:
             return _levels.check_hyperplanes(setting.hyperplanes, self.max_hyperplanes)
-        if batch is not None and engine is not None:
-            plan = self.plans.get(engine, {}).get(setting.level)
-            if plan is not None:
-                return plan.at(batch)
+        if batch is not None and engine is not None and self.plans:
+            key = (engine, setting.level, batch)
+            planned = self._planned.get(key)
+            if planned is None:
+                plan = self.plans.get(engine, {}).get(setting.level)
+                planned = plan.at(batch) if plan is not None else self.levels[setting.level]
+                if len(self._planned) < _PLANNED_KEYS:
+                    self._planned[key] = planned
+            return planned
         return self.levels[setting.level]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -262,8 +275,11 @@ class HasteConv2d(nn.Module):
         collector = active()
         if hyperplanes == 0:
             conv = self.conv
-            if x.dim() == 4 and x.shape[2] * x.shape[3] <= _DENSE_NCHW_MAX_PIXELS and _channels_last_only(x):
-                x = x.contiguous()  # a HASTE layer's channels-last output: oneDNN's NCHW conv is faster on small maps
+            if (
+                x.dim() == 4 and x.shape[2] * x.shape[3] <= _DENSE_NCHW_MAX_PIXELS and _channels_last_only(x)
+                and conv.weight.is_contiguous()
+            ):  # fmt: skip
+                x = x.contiguous()  # a HASTE layer's channels-last output into an NCHW model: NCHW is faster here
             y = conv._conv_forward(x, conv.weight, conv.bias)  # what conv(x) runs, without a 2nd module call
             if collector is not None:
                 n = y.shape[0] if y.dim() == 4 else 1

@@ -174,6 +174,7 @@ def test_a_failing_triton_engine_falls_back_to_the_reference(monkeypatch, caplog
 
     class FakeCuda:  # choose() only looks at the device and grads
         device = torch.device("cuda")
+        is_cpu = False
         requires_grad = False
 
     with torch.no_grad():
@@ -234,6 +235,7 @@ def test_cuda_tensors_choose_the_gpu_engine_without_running():
 
     class FakeCuda:  # a meta tensor that claims a CUDA device: choose() only looks at device and grads
         device = torch.device("cuda")
+        is_cpu = False
         requires_grad = False
 
     with torch.no_grad():

@@ -180,6 +180,14 @@ def forced(name: str) -> Iterator[None]:
 
 def choose(x: torch.Tensor, weight: torch.Tensor) -> str:
     """The engine for this call: ``cpu``, ``triton`` or ``reference`` (see the module docstring)."""
+    # the serving case first, without building a device object (x.device costs ~0.7 us, x.is_cpu ~0.06 us): a
+    # level's plan asks this of every layer of every forward
+    if (
+        x.is_cpu and _module is not None and x.dtype is torch.float32 and weight.dtype is torch.float32
+        and _forced.get() in (None, "cpu")
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    ):  # fmt: skip
+        return "cpu"
     return explain(x, weight)[0]
 
 
