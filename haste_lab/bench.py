@@ -27,7 +27,9 @@ from haste.convert import convert
 from haste.levels import LEVELS, compression
 from haste.profile import profile
 
+from . import layout
 from .layer_times import forward_at, layer_inputs, layer_times, seconds
+from .layout import in_layout
 
 DEFAULT_MODELS = ("fmnist-resnet18", "fmnist-resnet34", "fmnist-vgg16_bn", "resnet50")
 
@@ -93,16 +95,18 @@ def bench_model(
     stages: bool = False,
     layers: bool = False,
     device: str = "cpu",
+    layout: str = "channels_last",
     log=print,
 ) -> dict:
     """Benchmark one model; see the module docstring. ``layers``: also time every HASTE layer alone,
-    dense and at each level (``haste_lab.layer_times``; CPU only, as ``stages``). ``device``: cpu or cuda."""
+    dense and at each level (``haste_lab.layer_times``; CPU only, as ``stages``). ``device``: cpu or cuda.
+    ``layout``: the memory layout of both models (``haste_lab.layout``)."""
     model, card, weights = load_model(name)
-    dense = copy.deepcopy(model).eval().to(device)
+    dense = in_layout(copy.deepcopy(model).eval().to(device), layout)
     convert(model)
-    model.to(device)
+    in_layout(model.to(device), layout)
     timed = seconds if torch.device(device).type != "cuda" else _cuda_seconds
-    result = {"model": name, "weights": weights, "device": device, "batches": []}
+    result = {"model": name, "weights": weights, "device": device, "layout": layout, "batches": []}
     for batch in batches:
         x, source = _real_images(card, batch)
         x = x.to(device)
@@ -239,7 +243,19 @@ def _stages(model, x, levels) -> dict:
 
 
 def run(
-    models, *, batches, levels, rounds, warmup, threads, stages, out: Path | None, layers=False, device="cpu", log=print
+    models,
+    *,
+    batches,
+    levels,
+    rounds,
+    warmup,
+    threads,
+    stages,
+    out: Path | None,
+    layers=False,
+    device="cpu",
+    layout="channels_last",
+    log=print,
 ) -> dict:
     torch.set_num_threads(threads)
     cuda = torch.device(device).type == "cuda"
@@ -248,13 +264,13 @@ def run(
     if not cuda:
         engine.cpu_kernel_available()
     report = {
-        "protocol": f"torch threads {threads}; {warmup} warm-up rounds, then {rounds} rounds of one forward per "
-        "variant, interleaved in a new random order each round (seed 0); medians, min, max",
+        "protocol": f"torch threads {threads}; models in the {layout} layout; {warmup} warm-up rounds, then {rounds} "
+        "rounds of one forward per variant, interleaved in a new random order each round (seed 0); medians, min, max",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads, "torch": torch.__version__,
                     "engine": "cpu" if engine.cpu_kernel_state() == "built" else f"reference ({engine.unavailable})"},
         "levels": dict(LEVELS),
         "models": [bench_model(m, batches=batches, levels=levels, rounds=rounds, warmup=warmup, stages=stages,
-                               layers=layers, device=device, log=log)
+                               layers=layers, device=device, layout=layout, log=log)
                    for m in models],
     }  # fmt: skip
     if cuda:
@@ -370,6 +386,7 @@ def add_command(sub) -> None:
         choices=["cpu", "cuda"],
         help="where the models run (default cpu; cuda: the Triton engine)",
     )
+    layout.add_argument(p)
     p.add_argument("--json", dest="out", type=Path, help="write the report to this JSON file")
     p.add_argument("--markdown", type=Path, help="print the README table of a report written with --json, and exit")
     p.set_defaults(func=_cli)
@@ -412,5 +429,6 @@ def _cli(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("haste bench: error: --device cuda but CUDA is not available")
     run(args.models, batches=args.batch, levels=args.levels, rounds=args.rounds, warmup=args.warmup,
-        threads=args.threads, stages=args.stages, layers=args.layers, device=args.device, out=args.out)  # fmt: skip
+        threads=args.threads, stages=args.stages, layers=args.layers, device=args.device, layout=args.layout,
+        out=args.out)  # fmt: skip
     return 0

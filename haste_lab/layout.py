@@ -26,6 +26,5 @@ def add_argument(parser: argparse.ArgumentParser) -> None:
         "--layout",
         choices=LAYOUTS,
         default="channels_last",
-        help="memory layout of the models (default channels_last, as the service holds them; nchw: PyTorch's "
-        "default)",
+        help="memory layout of the models (default channels_last, as the service holds them; nchw: PyTorch's default)",
     )

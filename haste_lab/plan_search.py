@@ -5,9 +5,11 @@ stage of the network (layer1, layer2, ... : the first part of a conv's name) gai
 batch size and the engine. For each batch size the service forms and each level, the candidates are the
 level's table restricted to every subset of its stages (the other stages dense; the empty subset is the dense
 model), and the plans the lower levels chose at that batch size (a lower level's table is within a smaller
-budget, hence within this one). All candidates of a batch size are timed on real images, interleaved with
-the order rotated each round, medians; the plan is the fastest, and among candidates within ``tie`` of the
-fastest the one saving the most FLOPs. Running only some stages of a table merges less, so a candidate's
+budget, hence within this one). All candidates of a batch size are timed on real images, interleaved in
+a new random order each round, medians; the plan is the fastest, and among candidates within ``tie`` of the
+fastest the one saving the most FLOPs, provided that it beats the fastest of the dense model and the lower levels'
+plans by ``min_gain`` (else that one is kept: a plan must buy measurable time). Running only some stages of a table
+merges less, so a candidate's
 accuracy drop is measured, not assumed: every chosen table is evaluated on the calibration split (its drop
 plus ``margin_z`` standard errors must stay within the budget, else the next fastest candidate is taken) and
 reported on the test split.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -38,6 +41,8 @@ from haste.plans import table_value
 from .calibrate import BUDGETS, MARGIN_Z
 from .evaluate import command_line, dense_copy, load_data, predict
 from .layer_times import forward_at, seconds
+from .layout import add_argument as layout_argument
+from .layout import in_layout
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 
@@ -65,16 +70,16 @@ def _key(table: dict[str, int]) -> tuple:
 
 def time_candidates(models: dict[tuple, torch.nn.Module], x: torch.Tensor, *, rounds: int, warmup: int) -> dict:
     """Median seconds of one forward of ``x`` per candidate (key -> converted model, each run at level high;
-    the key () is the dense model), interleaved with the order rotated every round."""
+    the key () is the dense model), interleaved with a new random order every round."""
     keys = list(models)
     times: dict[tuple, list[float]] = {k: [] for k in keys}
     with torch.inference_mode():
         for _ in range(warmup):
             for k in keys:
                 forward_at(models[k], x, "high" if k else "off")
-        for r in range(rounds):
-            shift = r % len(keys)
-            for k in keys[shift:] + keys[:shift]:
+        shuffle = random.Random(0)  # a new order every round: a rotation would keep each candidate's predecessor
+        for _ in range(rounds):
+            for k in shuffle.sample(keys, len(keys)):
                 times[k].append(seconds(lambda k=k: forward_at(models[k], x, "high" if k else "off")))
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -89,15 +94,18 @@ def calibrate_plans(
     rounds: int = 9,
     warmup: int = 2,
     tie: float = 0.01,
+    min_gain: float = 0.03,
     test_limit: int | None = 2000,
     batch_size: int = 250,
     out: str | Path | None = None,
     write_card: bool = False,
     command: str = "",
+    layout: str = "channels_last",
     log=print,
 ) -> dict:
-    """Choose the plans of ``model_name`` (its card's calibrated levels) for the CPU engine; see the module
-    docstring. Returns the report written to ``out`` (.json)."""
+    """Choose the plans of ``model_name`` (its card's calibrated levels) for the CPU engine, its models timed in
+    ``layout`` (``haste_lab.layout``; the service's default is channels-last); see the module docstring. Returns
+    the report written to ``out`` (.json)."""
     if not engine.cpu_kernel_available():
         raise ValueError(f"calibrate-plans measures the fused CPU kernel, which is unavailable: {engine.unavailable}")
     dense = zoo.load(model_name)
@@ -117,7 +125,9 @@ def calibrate_plans(
         for key, table in by_key.items():
             if key and key not in models:
                 models[key] = convert(dense_copy(dense), plans={}, levels={"high": table})
-    log(f"{model_name}: {len(models)} distinct candidates over stages {', '.join(stages)}")
+    for candidate in models.values():
+        in_layout(candidate, layout)
+    log(f"{model_name}: {len(models)} distinct candidates over stages {', '.join(stages)}, {layout} layout")
 
     images, _ = _images(card, max(batches))
     calibration = load_data(card, split="calibration")
@@ -163,7 +173,16 @@ def calibrate_plans(
                 return stats["calibration_drop"] + stats["calibration_margin"] <= budgets[level]
 
             first = next(k for k in pool if within(k))  # the dense model () always is
-            tied = [k for k in pool if times[k] <= times[first] * (1 + tie) and within(k)]
+            # a new plan must beat the fastest of dense and the lower levels' plans by min_gain (timing noise is a
+            # few per cent here): else that one runs, so that no level is measured slower than the one below
+            baseline = min(below, key=lambda k: times[k])
+
+            def gains(k, below=below, times=times, baseline=baseline) -> bool:
+                return k in below or times[k] <= times[baseline] * (1 - min_gain)
+
+            if not gains(first):
+                first = baseline
+            tied = [k for k in pool if times[k] <= times[first] * (1 + tie) and gains(k) and within(k)]
             key = max(tied, key=lambda k: measured[k]["saving"])
             chosen[level][batch] = key
             below.append(key)
@@ -194,8 +213,10 @@ def calibrate_plans(
         "engine": "cpu",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "vector_isa": _isa()},
-        "protocol": f"{warmup} warm-up rounds, {rounds} timed rounds, candidates interleaved with the order rotated "
-        f"each round, medians; ties within {100 * tie:.0f}% go to the larger FLOPs saving",
+        "protocol": f"models in the {layout} layout; {warmup} warm-up rounds, {rounds} timed rounds, candidates "
+        f"interleaved in a new random order each round, medians; a new plan must be {100 * min_gain:.0f}% faster than "
+        f"the fastest of dense and the lower levels' plans; ties within {100 * tie:.0f}% go to the larger FLOPs saving",
+        "layout": layout,
         "budgets_points": budgets,
         "margin_z": margin_z,
         "calibration_images": calibration.size,
@@ -274,7 +295,12 @@ def add_command(sub) -> None:
     p.add_argument(
         "--margin", type=non_negative_float, default=MARGIN_Z, help=f"standard errors kept below budgets ({MARGIN_Z})"
     )
+    p.add_argument(
+        "--min-gain", type=non_negative_float, default=0.03,
+        help="a plan must beat dense and the lower levels' plans by this fraction of their time (default 0.03)",
+    )  # fmt: skip
     p.add_argument("--test-limit", type=positive_int, default=2000, help="test images to report on (default 2000)")
+    layout_argument(p)
     p.add_argument("--out", help="write the report to this path (.json)")
     p.add_argument("--write-card", action="store_true", help="store the plans in the model card")
     p.set_defaults(func=_run)
@@ -288,9 +314,11 @@ def _run(args) -> int:
         rounds=args.rounds,
         warmup=args.warmup,
         margin_z=args.margin,
+        min_gain=args.min_gain,
         test_limit=args.test_limit,
         out=args.out,
         write_card=args.write_card,
         command=command_line(),
+        layout=args.layout,
     )
     return 0

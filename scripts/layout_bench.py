@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         x, source = _real_images(card, batch)
         variants = {}
         for layout in LAYOUTS:
-            variants[f"dense {layout}"] = lambda m=dense[layout]: m(x)
-            variants[f"{args.level} {layout}"] = lambda m=converted[layout]: forward_at(m, x, args.level)
+            variants[f"dense {layout}"] = lambda m=dense[layout], x=x: m(x)
+            variants[f"{args.level} {layout}"] = lambda m=converted[layout], x=x: forward_at(m, x, args.level)
         times = {k: [] for k in variants}
         with torch.inference_mode():
             for _ in range(args.warmup):

@@ -74,7 +74,8 @@ def load(name: str, settings: Settings, device: torch.device) -> ServedModel:
     model = _zoo_load(name, settings)
     card = dict(getattr(model, "haste_card", None) or haste.zoo.card(name))
     haste.convert(model)
-    model = model.to(device).eval()
+    layout = torch.channels_last if settings.channels_last else torch.preserve_format
+    model = model.to(device, memory_format=layout).eval()
     spec = InputSpec.from_dict({k: card["input"][k] for k in SPEC_KEYS})
     log.info("loaded %s (%s) on %s", name, card.get("arch"), device)
     return ServedModel(
@@ -85,4 +86,5 @@ def load(name: str, settings: Settings, device: torch.device) -> ServedModel:
         labels=list(card["labels"]),
         device=device,
         hyperplanes=_hyperplanes(model),
+        layout="channels_last" if settings.channels_last else "nchw",
     )

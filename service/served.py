@@ -64,6 +64,8 @@ class ServedModel:
     #: the reference engine, why the fast one is not used (see engine_of).
     engine: str | None = None
     engine_unavailable: str | None = None
+    #: The memory layout the model is held in: channels_last (HASTE_CHANNELS_LAST, the default) or nchw.
+    layout: str = "nchw"
     #: Dense multiply-adds per image (level off), measured by ``start``; None before.
     flops_dense: float | None = None
 
@@ -108,6 +110,7 @@ class ServedModel:
             "arch": self.card.get("arch"),
             "version": self.version,
             "device": str(self.device),
+            "layout": self.layout,
             "dataset": self.card.get("dataset"),
             "input": {**self.spec.as_dict(), "channels": self.spec.channels, "size": list(self.spec.size)},
             "num_labels": len(self.labels),
@@ -248,7 +251,8 @@ class ServedModel:
         t0 = time.perf_counter()
         record = haste.conversion(self.model)
         dense_plan = haste.plans.runs_dense(record.plans if record else {}, self.engine or "", level, len(x))
-        with torch.inference_mode(), haste.compression(level):
+        # a batch whose plan is all dense runs as level off: the same convs, without looking the plan up per layer
+        with torch.inference_mode(), haste.compression("off" if dense_plan else level):
             if level == "off" or dense_plan:  # every layer dense: nothing to profile, the dense FLOPs ran
                 logits = self.model(x)
                 flops = [(dense, dense)] * len(x)

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     weights_dir: Path | None = Field(
         default=None, description="Directory of reference weights and cards (default: the package's haste/zoo/weights)."
     )
+    channels_last: bool = Field(
+        default=True,
+        description="Hold the models in channels-last memory format (NHWC), the layout the fused CPU kernel "
+        "writes: the dense convs, BatchNorm and additions then run in one layout throughout (on CPU the dense model "
+        "is faster so too: results/bench-fmnist-resnet34-layout.json). false: PyTorch's default NCHW.",
+    )
     max_batch_size: int = Field(default=8, ge=1, le=1024, description="Largest batch one forward pass runs.")
     max_batch_delay_ms: float = Field(
         default=5.0, ge=0, le=10_000, description="Longest a request waits for companions before its batch runs."

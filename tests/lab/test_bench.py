@@ -70,3 +70,50 @@ def test_bench_layers(tmp_path, capsys):
     assert main(["bench", "--markdown", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| fmnist-resnet18 | 2 | high | layer1 |" in table and "| fmnist-resnet18 | 2 | high | layer4 |" in table
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_bench_times_the_models_in_the_layout_asked_for(tmp_path, monkeypatch, layout):
+    """--layout: both the dense and the converted model hold their 3x3 conv weights in that layout while timed
+    (seen by a forward pre-hook on every conv), and the report says so."""
+    import torch
+
+    seen: list[bool] = []
+    original = torch.nn.Conv2d._conv_forward
+
+    def spy(self, x, weight, bias):
+        if weight.shape[1] > 1 and weight.shape[2] == 3:
+            seen.append(weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous())
+        return original(self, x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward", spy)
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--models", "fmnist-resnet18", "--batch", "1", "--levels", "off", "--rounds", "1",
+            "--warmup", "0", "--threads", "1", "--layout", layout, "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["models"][0]["layout"] == layout and f"the {layout} layout" in report["protocol"]
+    assert seen and set(seen) == {layout == "channels_last"}
+
+
+def test_layout_bench_report(tmp_path):
+    """scripts/layout_bench.py: four variants per batch, ratios to the NCHW dense model."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "layout_bench.py"
+    spec = importlib.util.spec_from_file_location("layout_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "layout.json"
+    assert module.main(["--model", "fmnist-resnet18", "--batch", "1", "2", "--rounds", "2", "--warmup", "0",
+                        "--threads", "1", "--out", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert [b["batch"] for b in report["batches"]] == [1, 2]
+    for entry in report["batches"]:
+        variants = entry["variants"]
+        assert set(variants) == {"dense nchw", "dense channels_last", "high nchw", "high channels_last"}
+        assert variants["dense nchw"]["ratio"] == 1.0
+        for row in variants.values():
+            assert row["median_ms"] > 0
+            assert row["ratio"] == pytest.approx(row["median_ms"] / variants["dense nchw"]["median_ms"])

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import haste
 import haste.zoo
 from haste.preprocess import InputSpec, preprocess
+from service.settings import Settings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -124,12 +125,15 @@ class Server:
 
 
 class Offline:
-    """The same model, converted the same way, run in this process: the reference answers."""
+    """The same model, converted the same way and in the same memory layout (HASTE_CHANNELS_LAST's default), run
+    in this process: the reference answers."""
 
     def __init__(self, name: str) -> None:
         self.model = haste.zoo.load(name, WEIGHTS_DIR) if WEIGHTS_DIR else haste.zoo.load(name)
         self.card = self.model.haste_card
         haste.convert(self.model)
+        if Settings().channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.spec = InputSpec.from_dict(
             {k: self.card["input"][k] for k in ("mode", "resize", "crop", "pad", "mean", "std")}
         )

@@ -131,7 +131,7 @@ def test_models_endpoints(client):
     detail = client.get(f"/v1/models/{MODEL}").json()
     for key in ("arch", "version", "device", "input", "preprocessing", "labels", "conversion", "levels"):
         assert key in detail
-    assert detail["device"] == "cpu"
+    assert detail["device"] == "cpu" and detail["layout"] == "channels_last"  # HASTE_CHANNELS_LAST's default
     assert [row["level"] for row in detail["levels"]] == LEVELS
     assert detail["levels"][0]["hyperplanes"] == 0
     assert all(row["latency_ms"] > 0 for row in detail["levels"])

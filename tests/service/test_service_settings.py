@@ -151,6 +151,28 @@ def test_settings_page_lists_every_setting():
         assert f"| `HASTE_{name.upper()}` |" in page, name
 
 
+def test_models_are_held_in_the_layout_the_settings_name_and_answer_the_same_in_both():
+    """HASTE_CHANNELS_LAST: every 3x3 conv weight of the loaded model is channels-last (default) or NCHW (false),
+    the model says which, and both layouts give the same answers on real images at every level."""
+    require_model()
+    held = {}
+    for channels_last in (True, False):
+        settings = Settings(models=[MODEL], weights_dir=WEIGHTS_DIR, channels_last=channels_last, max_batch_size=1)
+        model = registry.load(MODEL, settings, torch.device("cpu"))
+        model.flops_dense = 1.0  # run() needs only a number here: the FLOPs are not compared
+        weights = [p for p in model.model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] == 3]
+        wanted, other = (torch.channels_last, torch.contiguous_format)[:: 1 if channels_last else -1]
+        assert weights and all(w.is_contiguous(memory_format=wanted) for w in weights)
+        assert not any(w.is_contiguous(memory_format=other) for w in weights)
+        assert model.layout == ("channels_last" if channels_last else "nchw")
+        held[channels_last] = model
+    x = torch.stack([to_input((FIXTURES / m["file"]).read_bytes(), held[True].spec) for m in MANIFEST[:4]])
+    for level in haste.LEVELS:
+        nhwc, nchw = held[True].run(level, x), held[False].run(level, x)
+        assert nhwc.probs.argmax(1).tolist() == nchw.probs.argmax(1).tolist(), level
+        torch.testing.assert_close(nhwc.probs, nchw.probs, rtol=0, atol=1e-3)
+
+
 def test_latency_table_is_the_median_of_interleaved_runs_after_warm_up():
     """ServedModel.warm_up on a real model: the warm-up forwards come first; then every level is timed
     served.LATENCY_RUNS times at batch 1, levels interleaved, and each level's entry is a positive
