@@ -312,6 +312,26 @@ def redundancy_tables() -> list[str]:
     return lines
 
 
+def layout_table(path: Path = RESULTS / "bench-fmnist-resnet34-layout.json") -> list[str]:
+    """The dense model and a level in NCHW and channels-last, per batch size (scripts/layout_bench.py)."""
+    report = json.loads(path.read_text())
+    level = report["level"]
+    variants = [f"dense {layout}" for layout in ("nchw", "channels_last")]
+    variants += [f"{level} {layout}" for layout in ("nchw", "channels_last")]
+    lines = [
+        f"`{report['model']}` on {report['batches'][0]['images']}, the dense model and the level `{level}` (its "
+        "table at every batch size) in each layout, all four interleaved in one run (medians; "
+        f"{report['protocol'].split('; ')[0]}); ratios to the NCHW dense model. `{report['command']}`:",
+        "",
+        "| batch | " + " | ".join(variants) + " |",
+        "|---|" + "---|" * len(variants),
+    ]
+    for entry in report["batches"]:
+        cells = [f"{entry['variants'][v]['median_ms']:.2f} ms ({entry['variants'][v]['ratio']:.3f})" for v in variants]
+        lines.append(f"| {entry['batch']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def section() -> str:
     lines = [
         "## Reference models",
@@ -340,6 +360,12 @@ def section() -> str:
         *why_lines(),
         "",
         *width_table(),
+        "## Memory layout",
+        "",
+        "The fused CPU kernel writes channels-last outputs. The service holds its models channels-last",
+        "(`HASTE_CHANNELS_LAST`, default on), so that every conv, BatchNorm and addition runs in one layout:",
+        "",
+        *layout_table(),
         "## Sweeps",
         "",
         *sweep_tables(),
