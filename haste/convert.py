@@ -304,6 +304,7 @@ def refresh(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(m, HasteConv2d):
             m._cpu_cache = None
+            m._calls = {}
     return model
 
 

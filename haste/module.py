@@ -38,6 +38,20 @@ _DENSE_NCHW_MAX_PIXELS = 64
 #: per key; the lookup itself is what a level whose plan is dense costs over off).
 _PLANNED_KEYS = 1024
 
+#: (level, hyperplanes, input shape) keys a layer remembers its CPU call for (``HasteConv2d._calls``).
+_CALL_KEYS = 64
+
+
+def _weights_key(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """What changes when a conv's weight or bias is edited in place (version counter) or given new data (``.data
+    = ...`` moves the data pointer, not the version)."""
+    return weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr())
+
+
+def _capturing() -> bool:
+    """Whether torch.compile, torch.export or torch.jit.trace records this call (the fast path steps aside)."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
 
 def _channels_last_only(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -194,8 +208,11 @@ class HasteConv2d(nn.Module):
         )
         self.register_buffer("planes", planes.to(conv.weight.device, conv.weight.dtype), persistent=False)
         self._cpu_cache: tuple | None = None  # see _cpu_operands
+        #: (level, hyperplanes, input shape) -> (weight, its version, bias, hyperplanes, kernel arguments): what an
+        #: unprofiled CPU call runs, looked up once per key (see forward); cleared with the weight cache
+        self._calls: dict[tuple, tuple] = {}
         self._geometry: dict[tuple[int, int], Geometry] = {}
-        self._static = (conv.kernel_size, conv.stride, self.padding, patch_size, merge == "scaled")  # kernel args
+        self._static = (conv.kernel_size, conv.stride, self.padding, patch_size, merge == "scaled", conv.out_channels)
         # Additions per channel for the first L planes (projection cost), precomputed per L.
         self._nnz = [0, *torch.count_nonzero(planes, dim=1).cumsum(0).tolist()]
         self.register_state_dict_post_hook(_state_dict_like_the_conv)
@@ -218,7 +235,7 @@ class HasteConv2d(nn.Module):
         slices are kept per level."""
         conv = self.conv
         weight, bias = conv.weight, conv.bias
-        key = (weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr()))
+        key = _weights_key(weight, bias)
         cache = self._cpu_cache
         if cache is None or cache[0] is not weight or cache[1] is not bias or cache[2] != key:
             bias_t = engine.EMPTY if bias is None else bias.detach()
@@ -231,6 +248,7 @@ class HasteConv2d(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self._cpu_cache = None
+        self._calls = {}
         return super()._apply(fn, recurse)
 
     def _geometry_for(self, size: tuple[int, int]) -> Geometry:
@@ -265,9 +283,50 @@ class HasteConv2d(nn.Module):
         return self.levels[setting.level]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The serving case first: an unprofiled float32 CPU call this layer has run before with this level and
+        # input shape runs what it ran then, after checking only that the weight is the same. Each step skipped
+        # here touches Python objects that the kernel's previous call pushed out of the caches: the full path
+        # below cost about 45 us more per call than the kernel itself (fmnist-resnet34, batch 1).
+        setting = _levels.current()
+        call = self._calls.get((setting.level, setting.hyperplanes, x.shape))
+        if call is not None and active() is None and not _capturing():
+            hyperplanes, weight, bias, key, args = call
+            conv = self.conv
+            if not hyperplanes:  # dense: the conv's own weights; the engine matters only to a plan
+                if not self.plans or engine.runs_cpu(x, conv.weight):
+                    return conv._conv_forward(x, conv.weight, conv.bias)
+            elif (
+                conv.weight is weight and conv.bias is bias and _weights_key(weight, bias) == key
+                and engine.runs_cpu(x, weight)
+            ):  # fmt: skip
+                return engine.cpu_conv2d(x, *args)[0]
+        return self._forward(x, setting)
+
+    def _remember(self, setting: _levels.Setting, x: torch.Tensor, hyperplanes: int) -> None:
+        """Keep this call for ``forward``'s fast path: a HASTE call that ran on the CPU engine, with the weight
+        and bias it ran with (``_weights_key``, as ``_cpu_operands`` checks them), or a dense call whose layout
+        does not depend on the input's strides (a dense call of an NCHW model converting small channels-last
+        inputs is not kept) and, with plans, ran on the CPU engine's plan."""
+        conv = self.conv
+        weight = conv.weight
+        if len(self._calls) >= _CALL_KEYS or _capturing():
+            return
+        if hyperplanes:
+            if not engine.runs_cpu(x, weight):
+                return
+            args = (*self._cpu_operands(hyperplanes), *self._static)
+            entry = (hyperplanes, weight, conv.bias, _weights_key(weight, conv.bias), args)
+        elif (x.shape[2] * x.shape[3] <= _DENSE_NCHW_MAX_PIXELS and weight.is_contiguous()) or (
+            self.plans and not engine.runs_cpu(x, weight)
+        ):
+            return
+        else:
+            entry = (0, None, None, None, ())
+        self._calls[(setting.level, setting.hyperplanes, x.shape)] = entry
+
+    def _forward(self, x: torch.Tensor, setting: _levels.Setting) -> torch.Tensor:
         if isinstance(x, _Proxy):  # torch.fx symbolic tracing: one call of this module (a leaf)
             return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), (x,), {})
-        setting = _levels.current()
         name = None
         if self.plans and setting.level not in (None, "off"):  # a plan is per engine and batch size
             name = engine.choose(x, self.conv.weight)
@@ -280,6 +339,8 @@ class HasteConv2d(nn.Module):
                 and conv.weight.is_contiguous()
             ):  # fmt: skip
                 x = x.contiguous()  # a HASTE layer's channels-last output into an NCHW model: NCHW is faster here
+            elif collector is None and x.dim() == 4:
+                self._remember(setting, x, 0)
             y = conv._conv_forward(x, conv.weight, conv.bias)  # what conv(x) runs, without a 2nd module call
             if collector is not None:
                 n = y.shape[0] if y.dim() == 4 else 1
@@ -305,6 +366,7 @@ class HasteConv2d(nn.Module):
         if name == "cpu":  # the per-call fast path: operands cached, sizes checked once
             y, _, sums = engine.cpu_conv2d(x, *self._cpu_operands(hyperplanes), *self._static)
             if collector is None:
+                self._remember(setting, x, hyperplanes)
                 return y
             sums = sums.tolist()
         else:

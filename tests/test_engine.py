@@ -51,7 +51,7 @@ def test_cpu_engine_matches_reference(c_in, c_out, k, stride, pad, size, patch, 
     torch.testing.assert_close(cpu.output, ref.output, rtol=tol, atol=tol)
     # the kernel's per-image FLOPs sums equal those computed from the reference's buckets per tile
     operands = (engine.weight_layout(conv.weight), conv.bias.detach(), planes.contiguous())
-    geometry_args = (conv.kernel_size, conv.stride, conv_padding(conv), patch, merge == "scaled")
+    geometry_args = (conv.kernel_size, conv.stride, conv_padding(conv), patch, merge == "scaled", conv.out_channels)
     _, _, sums = engine.cpu_conv2d(x, *operands, *geometry_args)
     assert sums.tolist() == tile_sums(ref.geometry, ref.groups)
 

@@ -175,3 +175,24 @@ def test_an_empty_batch_does_not_disable_the_triton_engine(monkeypatch):
     with torch.no_grad():
         result = engine.conv2d(torch.randn(0, 6, 8, 8), conv.weight, conv.bias, engine="triton", **args)
     assert result.output.shape == (0, 5, 8, 8) and engine.triton_failed is None
+
+
+@pytest.mark.parametrize("level", ["off", "high"])
+def test_a_repeated_cpu_call_runs_what_the_first_ran(level):
+    """The second unprofiled call with the same level and shape takes forward's remembered call: same output,
+    and a profile around a later call still records every layer (the remembered path steps aside)."""
+    model = haste.convert(net())
+    layer = model[1]
+    with torch.no_grad(), haste.compression(level):
+        first = model(X)
+        shape = (len(X), 8, *X.shape[2:])  # the second conv's input
+        assert list(layer._calls) == [(level, None, shape)]
+        torch.testing.assert_close(model(X), first, rtol=0, atol=0)
+        with haste.profile(model) as report:
+            model(X)
+        assert report.layers["1"].images == len(X)
+        with haste.compression(hyperplanes=3):
+            model(X)
+        assert (None, 3, shape) in layer._calls
+    model.to(torch.float32)  # _apply: the remembered calls go with the weight cache
+    assert layer._calls == {}

@@ -100,7 +100,7 @@ def _load():
     return _module
 
 
-STAGES = ("region", "hash", "bucket", "merge", "im2col", "filters", "gemm")
+STAGES = ("region", "hash", "bucket", "merge", "im2col", "filters", "gemm", "prepare", "finish", "loop")
 
 
 def profiling_kernel():
@@ -180,15 +180,19 @@ def forced(name: str) -> Iterator[None]:
 
 def choose(x: torch.Tensor, weight: torch.Tensor) -> str:
     """The engine for this call: ``cpu``, ``triton`` or ``reference`` (see the module docstring)."""
-    # the serving case first, without building a device object (x.device costs ~0.7 us, x.is_cpu ~0.06 us): a
-    # level's plan asks this of every layer of every forward
-    if (
+    if runs_cpu(x, weight):
+        return "cpu"
+    return explain(x, weight)[0]
+
+
+def runs_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``choose`` picks ``cpu`` for this call, answered without building a device object (x.device costs
+    ~0.7 us, x.is_cpu ~0.06 us): the serving case, asked of every HASTE layer of every forward."""
+    return (
         x.is_cpu and _module is not None and x.dtype is torch.float32 and weight.dtype is torch.float32
         and _forced.get() in (None, "cpu")
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    ):  # fmt: skip
-        return "cpu"
-    return explain(x, weight)[0]
+    )  # fmt: skip
 
 
 def explain(x: torch.Tensor, weight: torch.Tensor) -> tuple[str, str | None]:
@@ -212,10 +216,19 @@ def explain(x: torch.Tensor, weight: torch.Tensor) -> tuple[str, str | None]:
     return "cpu", None
 
 
+#: Output channels per panel of the CPU kernel's weight layout (kPanel in haste_cpu.cpp).
+PANEL = 16
+
+
 def weight_layout(weight: torch.Tensor) -> torch.Tensor:
-    """The conv weight (O, C, kh, kw) laid out for the CPU kernel: (C, kh*kw, O), contiguous."""
+    """The conv weight (O, C, kh, kw) laid out for the CPU kernel: panels of ``PANEL`` output channels,
+    (ceil(O / PANEL), C, kh*kw, PANEL), zero beyond O, contiguous."""
     o, c, kh, kw = weight.shape
-    return weight.detach().permute(1, 2, 3, 0).reshape(c, kh * kw, o).contiguous()
+    panels = -(-o // PANEL)
+    w = weight.detach().reshape(o, c, kh * kw)
+    if panels * PANEL != o:
+        w = torch.cat([w, w.new_zeros(panels * PANEL - o, c, kh * kw)])
+    return w.reshape(panels, PANEL, c, kh * kw).permute(0, 2, 3, 1).contiguous()
 
 
 def conv2d(
@@ -261,17 +274,17 @@ def conv2d(
         weight_layout(weight),
         EMPTY if bias is None else bias.detach(),
         planes.contiguous(),
-        kernel, stride, padding, patch, check_merge(merge) == "scaled",
+        kernel, stride, padding, patch, check_merge(merge) == "scaled", weight.shape[0],
     )  # fmt: skip
     return Result(y, None, groups)
 
 
-def cpu_conv2d(x, weight_t, bias, planes, kernel, stride, padding, patch, scaled=False) -> list[torch.Tensor]:
+def cpu_conv2d(x, weight_t, bias, planes, kernel, stride, padding, patch, scaled, out_channels) -> list[torch.Tensor]:
     """The CPU kernel without checks or conversions: ``weight_t`` from ``weight_layout``, ``bias`` a
     detached tensor (``EMPTY`` for none), ``planes`` contiguous, the input size already checked
     (``tiles.output_size``). Returns [channels-last output, buckets per tile, per-image sums (N, 2) as
     ``flops.tile_sums``]. The per-call fast path of ``HasteConv2d``; use ``conv2d`` otherwise."""
-    return _module.haste_conv2d_cpu(x, weight_t, bias, planes, *kernel, *stride, *padding, patch, scaled)
+    return _module.haste_conv2d_cpu(x, weight_t, bias, planes, *kernel, *stride, *padding, patch, scaled, out_channels)
 
 
 EMPTY = torch.empty(0)

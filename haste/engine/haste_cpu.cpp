@@ -26,7 +26,9 @@
 namespace {
 
 // Stage timers (nanoseconds summed over threads), compiled in only with -DHASTE_PROFILE.
-enum Stage { kRegion, kHash, kBucket, kMerge, kIm2col, kFilters, kGemm, kStages };
+// kPrepare and kFinish are the calling thread's wall time before and after the tile loop (padding, planes,
+// allocations; per-image sums), the others thread time inside it.
+enum Stage { kRegion, kHash, kBucket, kMerge, kIm2col, kFilters, kGemm, kPrepare, kFinish, kLoop, kStages };
 std::array<std::atomic<int64_t>, kStages> stage_ns{};
 #ifdef HASTE_PROFILE
 #define STAGE_START auto mark = std::chrono::steady_clock::now();
@@ -71,20 +73,37 @@ inline void storev(float* p, vec v) { __builtin_memcpy(p, &v, sizeof(v)); }
 // summing a merged bucket's filter rows inside the micro-kernel instead of once per tile (width-32
 // ResNet34, batch 32: merge 16.6 -> 10.0 ms but GEMM 103 -> 127 ms of thread time).
 
+// Filter rows are kept in panels of kPanel output channels: panel p of a channel's (or merged bucket's) rows is
+// kk * kPanel floats at p * ps + slot * kk * kPanel (ps: the panel stride, C * kk * kPanel), so the micro-kernel
+// reads one bucket's rows for its output channels as one contiguous run. Measured against rows of all O output
+// channels per kernel offset (the loads then stride by O floats), fmnist-resnet34 at `high`, every HASTE layer
+// on its own input, interleaved: the kernel's time summed over layers 0.943 of that at batch 1 and 0.969 at
+// batch 8 (layer4, 256 channels: 0.74 / 0.88; layer1, 32 channels: 1.02 / 1.03).
+// Measured and not kept: zeroing the padded borders and copying the input in one parallel pass over padded
+// rows instead of two (each row writing every channel's plane): 1.039 of the two passes at batch 1, 1.077 at 8.
+constexpr int64_t kPanel = 16;
+
+// The filter value of output channel oc, kernel offset j, in the rows starting at f (panel layout).
+inline const float* panel_at(const float* f, int64_t ps, int64_t kk, int64_t oc) {
+  return f + (oc / kPanel) * ps + oc % kPanel;
+}
+
 // out[q][oc..oc+W*NV) = sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc..oc+W*NV), PB pixels q.
 template <int PB, int NV>
-inline void micro(int64_t ng, int64_t kk, int64_t o, int64_t oc, const float* const* regs, const float* const* filts,
+inline void micro(int64_t ng, int64_t kk, int64_t ps, int64_t oc, const float* const* regs, const float* const* filts,
                   const int* base, const int* koff, float* const* out, const float* bias) {
   vec acc[NV][PB];
   for (int v = 0; v < NV; ++v)
     for (int q = 0; q < PB; ++q) acc[v][q] = vec{};
+  int64_t voff[NV];
+  for (int v = 0; v < NV; ++v) voff[v] = ((oc + W * v) / kPanel) * ps + (oc + W * v) % kPanel;
   for (int64_t b = 0; b < ng; ++b) {
     const float* ap[PB];
     for (int q = 0; q < PB; ++q) ap[q] = regs[b] + base[q];
-    const float* f = filts[b] + oc;
+    const float* f = filts[b];
     for (int64_t j = 0; j < kk; ++j) {
       vec fv[NV];
-      for (int v = 0; v < NV; ++v) fv[v] = loadv(f + j * o + W * v);
+      for (int v = 0; v < NV; ++v) fv[v] = loadv(f + voff[v] + j * kPanel);
       const int oj = koff[j];
       for (int q = 0; q < PB; ++q) {
         const float av = ap[q][oj];
@@ -115,33 +134,33 @@ inline void by_pixels(int64_t pb, Args... args) {
 
 // Output channels [oc, oc + W * NV) for all np pixels, in blocks of up to PB pixels.
 template <int NV, int PB>
-inline void gemm_block(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t oc, const float* const* regs,
+inline void gemm_block(int64_t np, int64_t ng, int64_t kk, int64_t ps, int64_t oc, const float* const* regs,
                        const float* const* filts, const int* base, const int* koff, float* const* out,
                        const float* bias) {
   for (int64_t p0 = 0; p0 < np; p0 += PB)
-    by_pixels<NV>(std::min<int64_t>(PB, np - p0), ng, kk, o, oc, regs, filts, base + p0, koff, out + p0, bias);
+    by_pixels<NV>(std::min<int64_t>(PB, np - p0), ng, kk, ps, oc, regs, filts, base + p0, koff, out + p0, bias);
 }
 
 // out[q][oc0..oc1) = bias + sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc0..oc1), in place:
 // with AVX-512, 64 output channels x 6 pixels per micro-kernel call where possible (24 accumulators, 4
 // filter registers: the fewest loads per multiply-add), then 32 x 8, then 16 x 8; with AVX2, 16 x 6; then scalar.
-void gemm_buckets(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t oc0, int64_t oc1, const float* const* regs,
-                  const float* const* filts, const int* base, const int* koff, float* const* out,
-                  const float* bias) {
+void gemm_buckets(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t ps, int64_t oc0, int64_t oc1,
+                  const float* const* regs, const float* const* filts, const int* base, const int* koff,
+                  float* const* out, const float* bias) {
   const int64_t o16 = std::min(oc1, o / 16 * 16);
   int64_t oc = oc0;
 #ifdef __AVX512F__  // 32 registers
-  for (; oc + 64 <= o16; oc += 64) gemm_block<4, 6>(np, ng, kk, o, oc, regs, filts, base, koff, out, bias);
-  for (; oc + 32 <= o16; oc += 32) gemm_block<2, 8>(np, ng, kk, o, oc, regs, filts, base, koff, out, bias);
-  for (; oc + 16 <= o16; oc += 16) gemm_block<1, 8>(np, ng, kk, o, oc, regs, filts, base, koff, out, bias);
+  for (; oc + 64 <= o16; oc += 64) gemm_block<4, 6>(np, ng, kk, ps, oc, regs, filts, base, koff, out, bias);
+  for (; oc + 32 <= o16; oc += 32) gemm_block<2, 8>(np, ng, kk, ps, oc, regs, filts, base, koff, out, bias);
+  for (; oc + 16 <= o16; oc += 16) gemm_block<1, 8>(np, ng, kk, ps, oc, regs, filts, base, koff, out, bias);
 #else  // 16 registers: 16 output channels x 6 pixels = 12 accumulators, 2 filter registers and a broadcast
-  for (; oc + 16 <= o16; oc += 16) gemm_block<2, 6>(np, ng, kk, o, oc, regs, filts, base, koff, out, bias);
+  for (; oc + 16 <= o16; oc += 16) gemm_block<2, 6>(np, ng, kk, ps, oc, regs, filts, base, koff, out, bias);
 #endif
   for (int64_t q = 0; q < np; ++q)  // output channels beyond a multiple of 16
     for (int64_t c = oc; c < oc1; ++c) {
       float acc = bias ? bias[c] : 0.f;
       for (int64_t b = 0; b < ng; ++b)
-        for (int64_t j = 0; j < kk; ++j) acc += regs[b][base[q] + koff[j]] * filts[b][j * o + c];
+        for (int64_t j = 0; j < kk; ++j) acc += regs[b][base[q] + koff[j]] * panel_at(filts[b], ps, kk, c)[j * kPanel];
       out[q][c] = acc;
     }
 }
@@ -251,13 +270,13 @@ void sum_span(float* f, const float* WT, int64_t fo, int64_t e0, int64_t e1, con
   }
 }
 
-// The merged filter rows (kk, o) of one bucket for output channels [oc0, oc1): one span over the whole row
-// block when all channels are asked for, else one span per kernel offset.
-void sum_rows(float* f, const float* WT, int64_t o, int64_t kk, int64_t oc0, int64_t oc1, const int* members,
+// The merged filter rows of one bucket (slot f, panel layout) for output channels [oc0, oc1): one span of
+// kk * kPanel floats per panel the channels touch.
+void sum_rows(float* f, const float* WT, int64_t ps, int64_t kk, int64_t oc0, int64_t oc1, const int* members,
               int size, const float* beta) {
-  const int64_t fo = kk * o;
-  if (oc0 == 0 && oc1 == o) return sum_span(f, WT, fo, 0, fo, members, size, beta);
-  for (int64_t j = 0; j < kk; ++j) sum_span(f, WT, fo, j * o + oc0, j * o + oc1, members, size, beta);
+  const int64_t rows = kk * kPanel;
+  for (int64_t p = oc0 / kPanel; p * kPanel < oc1; ++p)
+    sum_span(f + p * ps, WT + p * ps, rows, 0, rows, members, size, beta);
 }
 
 struct Scratch {
@@ -274,7 +293,8 @@ constexpr float kWithinTolerance = 1e-5f;  // haste.lsh.WITHIN_TOLERANCE
 
 }  // namespace
 
-// x: (N, C, H, W) float contiguous. wt: (C, kh*kw, O) float contiguous (weight permuted).
+// x: (N, C, H, W) float contiguous or channels-last. wt: (ceil(O / 16), C, kh*kw, 16) float contiguous: the
+// weight in panels of 16 output channels, zero beyond O (haste.engine.weight_layout); o: output channels.
 // planes: (L, rh*rw) float contiguous. bias: (O,) or empty. scaled: the "scaled" merge (hash the channels
 // centred within themselves, weight each member's filter rows by its least-squares scale against the
 // bucket mean; haste/functional.py) instead of the paper's (centred across channels, plain sums).
@@ -283,21 +303,25 @@ constexpr float kWithinTolerance = 1e-5f;  // haste.lsh.WITHIN_TOLERANCE
 std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, torch::Tensor bias,
                                             torch::Tensor planes, int64_t kh, int64_t kw, int64_t sh,
                                             int64_t sw, int64_t pad_l, int64_t pad_r, int64_t pad_t,
-                                            int64_t pad_b, int64_t patch, bool scaled) {
+                                            int64_t pad_b, int64_t patch, bool scaled, int64_t o) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat, "x: float NCHW");
   const bool nhwc = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
   if (!nhwc) x = x.contiguous();
   TORCH_CHECK(wt.is_contiguous() && planes.is_contiguous(), "wt and planes must be contiguous");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  const int64_t kk = kh * kw, o = wt.size(2), L = planes.size(0);
+  const int64_t kk = kh * kw, L = planes.size(0);
   const int64_t hout = (h + pad_t + pad_b - kh) / sh + 1, wout = (w + pad_l + pad_r - kw) / sw + 1;
   TORCH_CHECK(hout >= 1 && wout >= 1, "input smaller than the kernel");
-  TORCH_CHECK(wt.size(0) == c && wt.size(1) == kk, "wt must be (C, kh*kw, O)");
+  TORCH_CHECK(wt.dim() == 4 && wt.size(0) == (o + kPanel - 1) / kPanel && wt.size(1) == c && wt.size(2) == kk &&
+                  wt.size(3) == kPanel,
+              "wt must be (ceil(O/16), C, kh*kw, 16)");
+  const int64_t ps = c * kk * kPanel;  // panel stride
   const int64_t rh = (patch - 1) * sh + kh, rw = (patch - 1) * sw + kw, d = rh * rw;
   TORCH_CHECK(planes.size(1) == d, "planes must have region_h * region_w columns");
   TORCH_CHECK(L >= 1 && L <= 62, "1..62 hyperplanes");
   TORCH_CHECK(c >= 1 && patch >= 1, "empty input or patch");
   const int64_t th = (hout + patch - 1) / patch, tw = (wout + patch - 1) / patch, tiles = th * tw;
+  STAGE_START
   // 0. pad once: rows/cols the tiles need, zeros outside the image; slack for full-vector over-reads
   const int64_t hp = (th * patch - 1) * sh + kh, wp = (tw * patch - 1) * sw + kw;
   const int64_t rwp = (rw + W - 1) / W * W;  // a region row read as whole vectors
@@ -380,7 +404,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   const bool use_table = L <= kTableBits;
   vec lanes{};  // 1 in the first rw lanes: a region row read as one vector (the scaled merge's dot products)
   for (int l = 0; l < W && l < rw; ++l) lanes[l] = 1.f;
-  const int64_t fo = kk * o;  // floats per filter row block of one channel
+  const int64_t fo = kk * kPanel;  // floats of one channel's (or bucket's) rows in one panel
 
   // Per-thread buffers kept across calls: they only grow, and are never zero-filled in bulk.
   auto scratch = [&]() -> Scratch& {
@@ -395,7 +419,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     grow(s.regs, c);
     grow(s.filts, c);
     grow(s.merged, c * rh * wp + rwp);
-    grow(s.filters, c * fo);
+    grow(s.filters, wt.size(0) * ps);
     grow(s.beta, c);
     grow(s.merged_ids, c);
     grow(s.dst, patch * patch);
@@ -553,7 +577,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
             for (int64_t cx = 0; cx < span; cx += W) storev(m + ry * wp + cx, loadv(m + ry * wp + cx) * ap);
         }  // else a flat bucket (mean region all zero): a plain sum
       }
-      if (!split_gemm) sum_rows(f, WT, o, kk, 0, o, members, size, beta);  // else by each thread's channels
+      if (!split_gemm) sum_rows(f, WT, ps, kk, 0, o, members, size, beta);  // else by each thread's channels
     }
     STAGE(kMerge)
     // 5. implicit im2col tables: pixel q of bucket b reads regs[b][base[q] + koff[ky * kw + kx]]
@@ -577,11 +601,11 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       if (split_gemm)
         for (int k = 0; k < merged_buckets; ++k) {
           const int b = s.merged_ids[k];
-          sum_rows(s.filters.data() + k * fo, WT, o, kk, oc0, oc1, s.order.data() + s.first[b],
+          sum_rows(s.filters.data() + k * fo, WT, ps, kk, oc0, oc1, s.order.data() + s.first[b],
                    s.first[b + 1] - s.first[b], s.beta.data() + s.first[b]);
         }
       STAGE(kFilters)
-      gemm_buckets(pixels, ng, kk, o, oc0, oc1, s.regs.data(), s.filts.data(), s.base.data(), s.off.data(),
+      gemm_buckets(pixels, ng, kk, o, ps, oc0, oc1, s.regs.data(), s.filts.data(), s.base.data(), s.off.data(),
                    s.dst.data(), B);
       STAGE(kGemm)
     };
@@ -590,6 +614,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     else
       gemm(0, o);
   };
+  STAGE(kPrepare)
   if (split_gemm) {
     Scratch& s = scratch();
     for (int64_t t = 0; t < n * tiles; ++t) tile(t, s);
@@ -599,6 +624,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       for (int64_t t = begin; t < end; ++t) tile(t, s);
     });
   }
+  STAGE(kLoop)
   // per image: sum over tiles of buckets x valid output pixels, and of buckets (FLOPs accounting)
   auto sums = torch::empty({n, 2}, x.options().dtype(torch::kDouble));
   double* S = sums.data_ptr<double>();
@@ -613,7 +639,9 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     S[2 * img] = gv;
     S[2 * img + 1] = g;
   }
-  return {y.permute({0, 3, 1, 2}), groups, sums};
+  auto out = y.permute({0, 3, 1, 2});
+  STAGE(kFinish)
+  return {out, groups, sums};
 }
 
 // Stage totals in seconds since the last reset (all zero unless built with -DHASTE_PROFILE).
@@ -628,5 +656,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // loop decoding the next requests) keep running during inference
   m.def("haste_conv2d_cpu", &haste_conv2d_cpu, "Fused HASTE convolution (CPU)",
         py::call_guard<py::gil_scoped_release>());
-  m.def("stage_seconds", &stage_seconds, "per-stage seconds: region, hash, bucket, merge, im2col, filters, gemm");
+  m.def("stage_seconds", &stage_seconds, "per-stage seconds: region, hash, bucket, merge, im2col, filters, gemm, prepare, finish");
 }

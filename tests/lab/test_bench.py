@@ -117,3 +117,29 @@ def test_layout_bench_report(tmp_path):
         for row in variants.values():
             assert row["median_ms"] > 0
             assert row["ratio"] == pytest.approx(row["median_ms"] / variants["dense nchw"]["median_ms"])
+
+
+def test_kernel_profile_report(tmp_path):
+    """scripts/kernel_profile.py: per HASTE layer the dense conv, the layer and the kernel timed, and the
+    kernel's stages from the profiling build (the tile loop's stages nonzero, python_us = layer - kernel)."""
+    import importlib.util
+    from pathlib import Path
+
+    from haste import engine
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "kernel_profile.py"
+    spec = importlib.util.spec_from_file_location("kernel_profile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "profile.json"
+    layers = ["layer1.0.conv1", "layer4.1.conv2"]
+    assert module.main(["--model", "fmnist-resnet18", "--batch", "2", "--layers", *layers, "--rounds", "3",
+                        "--warmup", "1", "--threads", "1", "--out", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    (entry,) = report["batches"]
+    assert entry["batch"] == 2 and [r["layer"] for r in entry["layers"]] == layers
+    for row in entry["layers"]:
+        assert row["dense_us"] > 0 and row["kernel_us"] > 0 and row["hyperplanes"] > 0
+        assert row["python_us"] == pytest.approx(row["layer_us"] - row["kernel_us"])
+        assert set(row["stages_us"]) == set(engine.STAGES)
+        assert all(row["stages_us"][s] > 0 for s in ("hash", "gemm", "prepare", "loop"))
