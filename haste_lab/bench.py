@@ -304,19 +304,25 @@ def markdown(report: dict) -> str:
 
 def stage_table(report: dict) -> list[str]:
     """Where the CPU kernel's time goes (a report made with ``--stages``): thread milliseconds per forward in
-    each stage, per model, batch and level (timers of the profiling build)."""
-    lines = []
-    for m in report["models"]:
-        for b in m["batches"]:
-            for level, t in (b.get("stages") or {}).items():
-                if not lines:
-                    lines = [
-                        "| model | batch | level | " + " | ".join(engine.STAGES) + " | total (thread ms per forward) |",
-                        "|---|---|---|" + "---|" * (len(engine.STAGES) + 1),
-                    ]
-                ms = t["fused_cpu_kernel_ms"]
-                cells = " | ".join(f"{ms.get(stage, 0.0):.2f}" for stage in engine.STAGES)
-                lines.append(f"| {m['model']} | {b['batch']} | {level} | {cells} | {sum(ms.values()):.2f} |")
+    each per-tile stage and their total, per model, batch and level (timers of the profiling build), then the
+    calling thread's wall milliseconds before and after the tile loop where the report has them."""
+    rows = [(m, b, level, t["fused_cpu_kernel_ms"]) for m in report["models"] for b in m["batches"]
+            for level, t in (b.get("stages") or {}).items()]  # fmt: skip
+    if not rows:
+        return []
+    wall = [s for s in ("prepare", "finish") if any(s in ms for *_, ms in rows)]
+    lines = [
+        "| model | batch | level | "
+        + " | ".join(engine.TILE_STAGES)
+        + " | total (thread ms per forward) |"
+        + "".join(f" {s} (wall ms) |" for s in wall),
+        "|---|---|---|" + "---|" * (len(engine.TILE_STAGES) + 1 + len(wall)),
+    ]
+    for m, b, level, ms in rows:
+        cells = " | ".join(f"{ms.get(stage, 0.0):.2f}" for stage in engine.TILE_STAGES)
+        total = sum(ms.get(stage, 0.0) for stage in engine.TILE_STAGES)
+        extra = "".join(f" {ms.get(s, 0.0):.2f} |" for s in wall)
+        lines.append(f"| {m['model']} | {b['batch']} | {level} | {cells} | {total:.2f} |{extra}")
     return lines
 
 

@@ -332,6 +332,39 @@ def layout_table(path: Path = RESULTS / "bench-fmnist-resnet34-layout.json") -> 
     return [*lines, ""]
 
 
+def kernel_profile_table(prefix: str = "kernel-profile-fmnist-resnet34") -> list[str]:
+    """Every HASTE layer alone on its own input, summed over layers, per batch size: the kernel before and after
+    its last change (scripts/kernel_profile.py, one report each: ``-before`` and ``-after``)."""
+    reports = {tag: json.loads((RESULTS / f"{prefix}-{tag}.json").read_text()) for tag in ("before", "after")}
+    first = reports["after"]
+    lines = [
+        f"`{first['model']}` at `{first['level']}` (its table), every HASTE layer timed alone on the input it sees in",
+        "the model, interleaved with its dense conv (the medians summed over layers: hot in cache, so a whole forward",
+        "costs more) and, in the profiling build, the kernel's stages (thread us per forward, summed over layers;",
+        "`prepare`: the calling thread's wall time before the tile loop). `python_us`: the HASTE layer's call minus",
+        "the kernel's. Before and after are two runs of `python scripts/kernel_profile.py --batch 1 8 --rounds 61",
+        f"--out results/{prefix}-TAG.json`; compare ratios, not milliseconds, across them.",
+        "",
+        "| kernel | batch | dense us | HASTE layer us | ratio | kernel us | python us | hash | bucket | merge "
+        "| filters | gemm | prepare |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for tag, report in reports.items():
+        for entry in report["batches"]:
+            rows = entry["layers"]
+            tot = {k: sum(r[k] for r in rows) for k in ("dense_us", "layer_us", "kernel_us", "python_us")}
+            st = {k: sum(r["stages_us"].get(k, 0.0) for r in rows) for k in rows[0]["stages_us"]}
+            stages = " | ".join(
+                f"{st.get(k, 0.0):.0f}" for k in ("hash", "bucket", "merge", "filters", "gemm", "prepare")
+            )
+            lines.append(
+                f"| {tag} | {entry['batch']} | {tot['dense_us']:.0f} | {tot['layer_us']:.0f} | "
+                f"{tot['layer_us'] / tot['dense_us']:.3f} | {tot['kernel_us']:.0f} | "
+                f"{tot['python_us']:.0f} | {stages} |"
+            )
+    return [*lines, ""]
+
+
 def section() -> str:
     lines = [
         "## Reference models",
@@ -366,6 +399,9 @@ def section() -> str:
         "(`HASTE_CHANNELS_LAST`, default on), so that every conv, BatchNorm and addition runs in one layout:",
         "",
         *layout_table(),
+        "## Where the CPU kernel's time goes",
+        "",
+        *kernel_profile_table(),
         "## Sweeps",
         "",
         *sweep_tables(),

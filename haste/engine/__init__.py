@@ -100,7 +100,11 @@ def _load():
     return _module
 
 
-STAGES = ("region", "hash", "bucket", "merge", "im2col", "filters", "gemm", "prepare", "finish", "loop")
+#: The CPU kernel's stages (profiling build): per-tile stages in thread time summed over threads, then the calling
+#: thread's wall time before the tile loop (padding, planes, allocations), after it (per-image sums) and of the loop.
+TILE_STAGES = ("region", "hash", "bucket", "merge", "im2col", "filters", "gemm")
+WALL_STAGES = ("prepare", "finish", "loop")
+STAGES = TILE_STAGES + WALL_STAGES
 
 
 def profiling_kernel():
