@@ -182,6 +182,12 @@ inline uint64_t sign_bits(vec v) {
 #endif
 }
 
+// One thread's share of the tiles: the next unclaimed tile and the end (own cache line: claimed by fetch_add).
+struct alignas(64) Claim {
+  std::atomic<int64_t> next{0};
+  int64_t end = 0;
+};
+
 template <typename T>
 void grow(std::vector<T>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(n);
@@ -619,9 +625,24 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     Scratch& s = scratch();
     for (int64_t t = 0; t < n * tiles; ++t) tile(t, s);
   } else {
-    at::parallel_for(0, n * tiles, 1, [&](int64_t begin, int64_t end) {
+    // Each thread runs its own contiguous share of the tiles (its images stay in its cache), claiming them one
+    // at a time; a thread done with its share takes the remaining tiles of the others' (a tile's cost varies
+    // with its bucket count, so a static split alone leaves one thread waiting for the other).
+    const int64_t total = n * tiles;
+    const int64_t shares = std::min<int64_t>(at::get_num_threads(), total);
+    std::vector<Claim> claims(shares);
+    for (int64_t i = 0; i < shares; ++i) {
+      claims[i].next.store(total * i / shares, std::memory_order_relaxed);
+      claims[i].end = total * (i + 1) / shares;
+    }
+    at::parallel_for(0, shares, 1, [&](int64_t b0, int64_t b1) {
       Scratch& s = scratch();
-      for (int64_t t = begin; t < end; ++t) tile(t, s);
+      for (int64_t k = 0; k < shares; ++k) {
+        Claim& c = claims[(b0 + k) % shares];
+        for (int64_t t = c.next.fetch_add(1, std::memory_order_relaxed); t < c.end;
+             t = c.next.fetch_add(1, std::memory_order_relaxed))
+          tile(t, s);
+      }
     });
   }
   STAGE(kLoop)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from haste import engine, zoo
 from haste.cli import main
@@ -121,15 +122,7 @@ def test_layout_bench_report(tmp_path):
 def test_kernel_profile_report(tmp_path):
     """scripts/kernel_profile.py: per HASTE layer the dense conv, the layer and the kernel timed, and the
     kernel's stages from the profiling build (the tile loop's stages nonzero, python_us = layer - kernel)."""
-    import importlib.util
-    from pathlib import Path
-
-    from haste import engine
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / "kernel_profile.py"
-    spec = importlib.util.spec_from_file_location("kernel_profile", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("kernel_profile")
     out = tmp_path / "profile.json"
     layers = ["layer1.0.conv1", "layer4.1.conv2"]
     assert module.main(["--model", "fmnist-resnet18", "--batch", "2", "--layers", *layers, "--rounds", "3",
@@ -142,3 +135,44 @@ def test_kernel_profile_report(tmp_path):
         assert row["python_us"] == pytest.approx(row["layer_us"] - row["kernel_us"])
         assert set(row["stages_us"]) == set(engine.STAGES)
         assert all(row["stages_us"][s] > 0 for s in ("hash", "gemm", "prepare", "loop"))
+
+
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernel_ab_timing(tmp_path):
+    """scripts/kernel_ab.py: dense and each kernel build timed on the whole model at the level, medians; the same
+    source as the baseline is refused before anything is built."""
+    import random
+
+    from haste_lab.bench import _real_images, load_model
+
+    module = _script("kernel_ab")
+    assert engine.cpu_kernel_available()
+    model, card, _ = load_model("fmnist-resnet18")
+    convert(model, plans={})
+    dense = load_model("fmnist-resnet18")[0].eval()
+    x, _ = _real_images(card, 1)
+    kernels = {"baseline": engine._module, "candidate": engine.profiling_kernel()}
+    with torch.inference_mode():
+        ms = module._time(model.eval(), dense, x, "high", kernels, rounds=3, warmup=1, rng=random.Random(0))
+    assert set(ms) == {"dense", "baseline", "candidate"} and all(v > 0 for v in ms.values())
+    if module.SOURCE.read_text() == _git_show_head(module.SOURCE):
+        assert module.main(["--baseline", "HEAD", "--out", str(tmp_path / "ab.json")]) == 1
+        assert not (tmp_path / "ab.json").exists()
+
+
+def _git_show_head(source) -> str | None:
+    import subprocess
+
+    rel = source.relative_to(source.parents[2]).as_posix()
+    done = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=source.parents[2], capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else None
