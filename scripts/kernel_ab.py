@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from haste.cli import non_negative_int, positive_int
 from haste.convert import convert
 from haste.levels import LEVELS, compression
 from haste_lab.bench import _real_images, load_model
+from haste_lab.interleaved import interleaved_times
 from haste_lab.layout import LAYOUTS, in_layout
 
 SOURCE = Path(__file__).resolve().parents[1] / "haste" / "engine" / "haste_cpu.cpp"
@@ -48,15 +48,7 @@ def _time(model, dense, x, level: str, kernels: dict, *, rounds: int, warmup: in
             model(x)
 
     variants = {"dense": lambda: dense(x), **{k: (lambda k=k: haste_with(kernels[k])) for k in kernels}}
-    times = {k: [] for k in variants}
-    for _ in range(warmup):
-        for fn in variants.values():
-            fn()
-    for _ in range(rounds):
-        for key in rng.sample(list(variants), len(variants)):
-            start = time.perf_counter()
-            variants[key]()
-            times[key].append(time.perf_counter() - start)
+    times = interleaved_times(variants, rounds=rounds, warmup=warmup, rng=rng)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 

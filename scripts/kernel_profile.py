@@ -19,7 +19,6 @@ import json
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ from haste.cli import non_negative_int, positive_int
 from haste.convert import convert
 from haste.levels import LEVELS, compression
 from haste_lab.bench import _real_images, load_model
+from haste_lab.interleaved import interleaved_times
 from haste_lab.layer_times import layer_inputs
 from haste_lab.layout import LAYOUTS, in_layout
 
@@ -53,15 +53,7 @@ def profile_layers(model, x: torch.Tensor, level: str, *, rounds: int, warmup: i
                 "layer_us": lambda layer=layer, inp=inp: layer(inp),
                 "kernel_us": lambda layer=layer, inp=inp, ops=operands: engine.cpu_conv2d(inp, *ops, *layer._static),
             }
-            times = {k: [] for k in variants}
-            for _ in range(warmup):
-                for fn in variants.values():
-                    fn()
-            for _ in range(rounds):
-                for key in shuffle.sample(list(variants), len(variants)):
-                    start = time.perf_counter()
-                    variants[key]()
-                    times[key].append(time.perf_counter() - start)
+            times = interleaved_times(variants, rounds=rounds, warmup=warmup, rng=shuffle)
             row = {"layer": layer.name, "channels": conv.in_channels, "input": list(inp.shape), "hyperplanes": L}
             row.update({k: _median_us(v) for k, v in times.items()})
             row["python_us"] = row["layer_us"] - row["kernel_us"]
