@@ -1,15 +1,16 @@
 // Fused HASTE convolution for CPU: one pass per (image, tile), parallel over tiles.
 //
-// The input is zero-padded once (conv padding plus the bottom/right tile padding), so every tile
-// reads its (P-1)*S+k region of every channel in place. Per tile: project every channel on the
-// first L hyperplanes (all L projections of a channel in vector registers, four channels at a time),
-// centre the projections across channels, turn signs into integer codes, group equal codes into
-// buckets (a stamped lookup table; a sort when L is large), average the inputs and sum the filter
-// rows of the buckets with more than one member (singletons are read where they are: their region
-// in the padded input, their filter rows in the weight), and multiply the merged channels with the
-// merged filters for the tile's valid output pixels only, in a register-blocked micro-kernel that
-// reads the regions in place (implicit im2col). Codes and bucket counts equal those of the reference
-// implementation (haste/functional.py); buckets are numbered in first-occurrence order.
+// Every tile reads its (P-1)*S+k input region where it lies in the channels-last input (an NCHW input is made
+// channels-last first); pixels outside the image (the conv's zero padding and the bottom/right tile padding)
+// are skipped, as their zeros contribute nothing. Per tile: project every channel on the first L hyperplanes
+// (one vector of channels per region pixel, broadcast plane entries), centre the projections across channels
+// (or within each channel for the scaled merge), turn signs into integer codes, group equal codes into
+// buckets (a stamped lookup table; a sort when L is large), gather each bucket's region into a small planar
+// tile buffer (a singleton's own values, a merged bucket's mean), sum the filter rows of the buckets with more
+// than one member (singletons' rows are read where they are, in the weight), and multiply the merged channels
+// with the merged filters for the tile's valid output pixels only, in a register-blocked micro-kernel (implicit
+// im2col over the tile buffer). Codes and bucket counts equal those of the reference implementation
+// (haste/functional.py); buckets are numbered in first-occurrence order.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -52,7 +53,6 @@ constexpr int W = 16;
 constexpr int W = 8;
 #endif
 typedef float vec __attribute__((vector_size(W * sizeof(float))));
-constexpr int kMaxNV = 64 / W;  // vectors of up to 63 hyperplanes plus the scaled merge's sum lane
 
 inline vec loadv(const float* p) {
   vec v;
@@ -165,23 +165,6 @@ void gemm_buckets(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t ps, int
     }
 }
 
-// Bit l set where lane l of v is > 0.
-inline uint64_t sign_bits(vec v) {
-#if defined(__AVX512F__)
-  __m512 r;
-  __builtin_memcpy(&r, &v, sizeof(r));
-  return static_cast<uint64_t>(_mm512_cmp_ps_mask(r, _mm512_setzero_ps(), _CMP_GT_OQ));
-#elif defined(__AVX__)
-  __m256 r;
-  __builtin_memcpy(&r, &v, sizeof(r));
-  return static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(r, _mm256_setzero_ps(), _CMP_GT_OQ)));
-#else
-  uint64_t bits = 0;
-  for (int l = 0; l < W; ++l) bits |= static_cast<uint64_t>(v[l] > 0.f) << l;
-  return bits;
-#endif
-}
-
 // One thread's share of the tiles: the next unclaimed tile and the end (own cache line: claimed by fetch_add).
 struct alignas(64) Claim {
   std::atomic<int64_t> next{0};
@@ -193,52 +176,105 @@ void grow(std::vector<T>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(n);
 }
 
-// Projections of NC channel regions on L <= W*NV planes: NC*NV independent accumulators, one
-// broadcast multiply-add per region pixel and register. rt: planes transposed (rh*rw, W*NV).
-template <int NC, int NV>
-inline void project(const float* const* r, int64_t rs, int64_t rh, int64_t rw, const float* rt, float* proj) {
-  vec acc[NC][NV];
-  for (int a = 0; a < NC; ++a)
-    for (int v = 0; v < NV; ++v) acc[a][v] = vec{};
-  for (int64_t ry = 0; ry < rh; ++ry)
-    for (int64_t rx = 0; rx < rw; ++rx) {
-      const float* row = rt + (ry * rw + rx) * W * NV;
-      vec pl[NV];
-      for (int v = 0; v < NV; ++v) pl[v] = loadv(row + W * v);
-      for (int a = 0; a < NC; ++a) {
-        const float val = r[a][ry * rs + rx];
-        for (int v = 0; v < NV; ++v) acc[a][v] += val * pl[v];
-      }
+// A vector of n <= W floats from p, zero beyond n (the last channels of a pixel when C is not a multiple of W).
+inline vec load_part(const float* p, int n) {
+  vec v{};
+  __builtin_memcpy(&v, p, n * sizeof(float));
+  return v;
+}
+
+// Ternary planes (entries -1, 0, +1: the paper's hashing by additions only): the projection of the channels
+// [c0, c0 + W*NCB) of a tile's region on plane l is the sum of the pixels where the plane is +1 minus those
+// where it is -1, list[begin[l] .. begin[l] + npos[l]) and then up to begin[l + 1]; pix[i] points at region pixel
+// i's channels (zeros outside the image). NCB channel vectors accumulate side by side; tail: lanes of the last
+// vector that hold channels. The scaled merge's channel sums (plane L) add every pixel of the region.
+template <int NCB>
+inline void project_ternary_block(const float* const* pix, const int* list, const int* begin, const int* npos,
+                                  int64_t L, bool sums, int64_t d, int64_t c0, int tail, float* proj, int64_t cp) {
+  auto load = [&](const float* q, int a) {
+    return (a == NCB - 1 && tail < W) ? load_part(q + a * W, tail) : loadv(q + a * W);
+  };
+  for (int64_t l = 0; l < L + (sums ? 1 : 0); ++l) {
+    vec acc[NCB];
+    for (int a = 0; a < NCB; ++a) acc[a] = vec{};
+    if (l == L) {  // the channel sums
+      for (int64_t i = 0; i < d; ++i)
+        for (int a = 0; a < NCB; ++a) acc[a] += load(pix[i] + c0, a);
+    } else {
+      const int* it = list + begin[l];
+      const int* mid = it + npos[l];
+      const int* end = list + begin[l + 1];
+      for (; it < mid; ++it)
+        for (int a = 0; a < NCB; ++a) acc[a] += load(pix[*it] + c0, a);
+      for (; it < end; ++it)
+        for (int a = 0; a < NCB; ++a) acc[a] -= load(pix[*it] + c0, a);
     }
-  for (int a = 0; a < NC; ++a)
-    for (int v = 0; v < NV; ++v) storev(proj + (a * NV + v) * W, acc[a][v]);
+    for (int a = 0; a < NCB; ++a) storev(proj + l * cp + c0 + a * W, acc[a]);
+  }
 }
 
-template <int NV>
-void project_all(const float* const* ptr, int64_t c, int64_t rs, int64_t rh, int64_t rw, const float* rt,
-                 float* proj) {
-  // 8 or more independent multiply-add chains hide the FMA latency, within the registers: NC channels x NV
-  // plane vectors accumulate (AVX-512: 8 x 1, else 4 x NV; AVX2: 8 x 1, 4 x 2, 4 x 3, 2 x 4..6, 1 x 7..8)
-  constexpr int NC = NV == 1 ? 8 : (W == 16 || NV <= 3) ? 4 : NV <= 6 ? 2 : 1;
-  int64_t ch = 0;
-  for (; ch + NC <= c; ch += NC) project<NC, NV>(ptr + ch, rs, rh, rw, rt, proj + ch * W * NV);
-  for (; ch < c; ++ch) project<1, NV>(ptr + ch, rs, rh, rw, rt, proj + ch * W * NV);
+inline void project_ternary(const float* const* pix, const int* list, const int* begin, const int* npos, int64_t L,
+                            bool sums, int64_t d, int64_t c, float* proj, int64_t cp) {
+  int64_t c0 = 0;
+  for (; c0 + 4 * W <= c; c0 += 4 * W)
+    project_ternary_block<4>(pix, list, begin, npos, L, sums, d, c0, W, proj, cp);
+  for (; c0 + W <= c; c0 += W) project_ternary_block<1>(pix, list, begin, npos, L, sums, d, c0, W, proj, cp);
+  if (c0 < c)
+    project_ternary_block<1>(pix, list, begin, npos, L, sums, d, c0, static_cast<int>(c - c0), proj, cp);
 }
 
-// project_all instantiated for the nv plane vectors of this call (1..kMaxNV).
-inline void by_planes(int nv, const float* const* ptr, int64_t c, int64_t rs, int64_t rh, int64_t rw, const float* rt,
-                      float* proj) {
-  switch (nv) {
-    case 1: return project_all<1>(ptr, c, rs, rh, rw, rt, proj);
-    case 2: return project_all<2>(ptr, c, rs, rh, rw, rt, proj);
-    case 3: return project_all<3>(ptr, c, rs, rh, rw, rt, proj);
-    case 4: return project_all<4>(ptr, c, rs, rh, rw, rt, proj);
-#if !defined(__AVX512F__)
-    case 5: return project_all<5>(ptr, c, rs, rh, rw, rt, proj);
-    case 6: return project_all<6>(ptr, c, rs, rh, rw, rt, proj);
-    case 7: return project_all<7>(ptr, c, rs, rh, rw, rt, proj);
-    case 8: return project_all<8>(ptr, c, rs, rh, rw, rt, proj);
-#endif
+// Projections of the channels [c0, c0 + W*NCB) of a tile's region on planes [l0, l0 + NL): for every valid
+// region pixel k (float offset voff[k] in the channels-last input, region index vidx[k]) NCB channel vectors
+// times NL broadcast plane entries rt[vidx[k] * lt + l], NCB*NL independent accumulators (at most 12: with
+// the two operands, within AVX2's 16 registers). tail: lanes of the last channel vector that hold channels
+// (W: all), the rest read as zeros. proj: (lt, cp) rows of channels.
+template <int NCB, int NL>
+inline void project_block(const float* X, const int64_t* voff, const int* vidx, int64_t npx, const float* rt,
+                          int64_t lt, int64_t l0, int64_t c0, int tail, float* proj, int64_t cp) {
+  vec acc[NCB][NL];
+  for (int a = 0; a < NCB; ++a)
+    for (int l = 0; l < NL; ++l) acc[a][l] = vec{};
+  for (int64_t k = 0; k < npx; ++k) {
+    const float* px = X + voff[k] + c0;
+    vec xv[NCB];
+    for (int a = 0; a < NCB; ++a) xv[a] = (a == NCB - 1 && tail < W) ? load_part(px + a * W, tail) : loadv(px + a * W);
+    const float* r = rt + vidx[k] * lt + l0;
+    for (int l = 0; l < NL; ++l) {
+      const float rv = r[l];
+      for (int a = 0; a < NCB; ++a) acc[a][l] += xv[a] * rv;
+    }
+  }
+  for (int l = 0; l < NL; ++l)
+    for (int a = 0; a < NCB; ++a) storev(proj + (l0 + l) * cp + c0 + a * W, acc[a][l]);
+}
+
+template <int NCB>
+inline void project_planes(int nl, const float* X, const int64_t* voff, const int* vidx, int64_t npx, const float* rt,
+                           int64_t lt, int64_t l0, int64_t c0, int tail, float* proj, int64_t cp) {
+  switch (nl) {
+    case 1: return project_block<NCB, 1>(X, voff, vidx, npx, rt, lt, l0, c0, tail, proj, cp);
+    case 2: return project_block<NCB, 2>(X, voff, vidx, npx, rt, lt, l0, c0, tail, proj, cp);
+    case 3: return project_block<NCB, 3>(X, voff, vidx, npx, rt, lt, l0, c0, tail, proj, cp);
+    case 4: return project_block<NCB, 4>(X, voff, vidx, npx, rt, lt, l0, c0, tail, proj, cp);
+    case 5: return project_block<NCB, 5>(X, voff, vidx, npx, rt, lt, l0, c0, tail, proj, cp);
+    default: return project_block<NCB, 6>(X, voff, vidx, npx, rt, lt, l0, c0, tail, proj, cp);
+  }
+}
+
+// Projections of all c channels of a tile's region on all lt planes (the scaled merge's last "plane" is all ones:
+// the channel sums), two channel vectors and up to 6 planes at a time (12 accumulators, 8 loads per 12
+// multiply-adds), the planes in as few equal chunks as that allows.
+inline void project_region(const float* X, const int64_t* voff, const int* vidx, int64_t npx, const float* rt,
+                           int64_t lt, int64_t c, float* proj, int64_t cp) {
+  const int64_t chunks = (lt + 5) / 6;
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t l0 = lt * ch / chunks, nl = lt * (ch + 1) / chunks - l0;
+    int64_t c0 = 0;
+    for (; c0 + 2 * W <= c; c0 += 2 * W) project_planes<2>(nl, X, voff, vidx, npx, rt, lt, l0, c0, W, proj, cp);
+    if (c0 + W < c)
+      project_planes<2>(nl, X, voff, vidx, npx, rt, lt, l0, c0, static_cast<int>(c - c0 - W), proj, cp);
+    else if (c0 < c)
+      project_planes<1>(nl, X, voff, vidx, npx, rt, lt, l0, c0, static_cast<int>(c - c0), proj, cp);
   }
 }
 
@@ -285,25 +321,67 @@ void sum_rows(float* f, const float* WT, int64_t ps, int64_t kk, int64_t oc0, in
     sum_span(f + p * ps, WT + p * ps, rows, 0, rows, members, size, beta);
 }
 
+// The region's pixels planar: dst[ch * dp + i] = pix[i][ch] for every channel ch < c and region pixel i < dp, where
+// pix[i] points at pixel i's c channel values (channels-last) or at zeros (outside the image). 8 x 8 blocks are
+// transposed in registers; channels beyond a multiple of 8 one by one.
+inline void transpose_region(const float* const* pix, int64_t dp, int64_t c, float* dst) {
+  const int64_t c8 = c / 8 * 8;
+  for (int64_t i0 = 0; i0 < dp; i0 += 8) {
+    const float* const* p = pix + i0;
+    for (int64_t c0 = 0; c0 < c8; c0 += 8) {
+#if defined(__AVX__)
+      __m256 r0 = _mm256_loadu_ps(p[0] + c0), r1 = _mm256_loadu_ps(p[1] + c0), r2 = _mm256_loadu_ps(p[2] + c0),
+             r3 = _mm256_loadu_ps(p[3] + c0), r4 = _mm256_loadu_ps(p[4] + c0), r5 = _mm256_loadu_ps(p[5] + c0),
+             r6 = _mm256_loadu_ps(p[6] + c0), r7 = _mm256_loadu_ps(p[7] + c0);
+      const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+                   t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+                   t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+                   u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+                   u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+                   u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      float* q = dst + c0 * dp + i0;
+      _mm256_storeu_ps(q, _mm256_permute2f128_ps(u0, u4, 0x20));
+      _mm256_storeu_ps(q + dp, _mm256_permute2f128_ps(u1, u5, 0x20));
+      _mm256_storeu_ps(q + 2 * dp, _mm256_permute2f128_ps(u2, u6, 0x20));
+      _mm256_storeu_ps(q + 3 * dp, _mm256_permute2f128_ps(u3, u7, 0x20));
+      _mm256_storeu_ps(q + 4 * dp, _mm256_permute2f128_ps(u0, u4, 0x31));
+      _mm256_storeu_ps(q + 5 * dp, _mm256_permute2f128_ps(u1, u5, 0x31));
+      _mm256_storeu_ps(q + 6 * dp, _mm256_permute2f128_ps(u2, u6, 0x31));
+      _mm256_storeu_ps(q + 7 * dp, _mm256_permute2f128_ps(u3, u7, 0x31));
+#else
+      for (int64_t r = 0; r < 8; ++r)
+        for (int64_t k = 0; k < 8; ++k) dst[(c0 + k) * dp + i0 + r] = p[r][c0 + k];
+#endif
+    }
+    for (int64_t r = 0; r < 8; ++r)
+      for (int64_t k = c8; k < c; ++k) dst[k * dp + i0 + r] = p[r][k];
+  }
+}
+
 struct Scratch {
-  std::vector<float> proj, merged, filters, beta;
-  std::vector<int64_t> codes, stamp;
-  std::vector<int> order, bucket, count, first, base, off, table, merged_ids;
-  std::vector<const float*> ptr, regs, filts;
+  std::vector<float> proj, regions, filters, beta, zeros;
+  std::vector<int64_t> codes, stamp, voff;
+  std::vector<int> order, bucket, count, first, base, off, table, merged_ids, vidx;
+  std::vector<const float*> regs, filts, pixels;
   std::vector<float*> dst;
   int64_t tick = 0;
 };
+
+// Integer lanes as wide as vec: a float comparison of two vecs gives -1 (true) or 0 per lane.
+typedef int32_t ivec __attribute__((vector_size(W * sizeof(int32_t))));
 
 constexpr int64_t kTableBits = 14;  // lookup-table bucketing up to 14 hyperplanes, sorting beyond
 constexpr float kWithinTolerance = 1e-5f;  // haste.lsh.WITHIN_TOLERANCE
 
 }  // namespace
 
-// x: (N, C, H, W) float contiguous or channels-last. wt: (ceil(O / 16), C, kh*kw, 16) float contiguous: the
-// weight in panels of 16 output channels, zero beyond O (haste.engine.weight_layout); o: output channels.
-// planes: (L, rh*rw) float contiguous. bias: (O,) or empty. scaled: the "scaled" merge (hash the channels
-// centred within themselves, weight each member's filter rows by its least-squares scale against the
-// bucket mean; haste/functional.py) instead of the paper's (centred across channels, plain sums).
+// x: (N, C, H, W) float, channels-last (read in place) or another layout (made channels-last first). wt:
+// (ceil(O / 16), C, kh*kw, 16) float contiguous: the weight in panels of 16 output channels, zero beyond O
+// (haste.engine.weight_layout); o: output channels. planes: (L, rh*rw) float contiguous. bias: (O,) or empty.
+// scaled: the "scaled" merge (hash the channels centred within themselves, weight each member's filter rows by
+// its least-squares scale against the bucket mean; haste/functional.py) instead of the paper's (centred across
+// channels, plain sums).
 // Returns (y (N, O, Hout, Wout), groups (N*Th*Tw,) int32, sums (N, 2) float64: per image the sum over
 // tiles of buckets x valid output pixels and the sum of buckets).
 std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, torch::Tensor bias,
@@ -311,8 +389,8 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
                                             int64_t sw, int64_t pad_l, int64_t pad_r, int64_t pad_t,
                                             int64_t pad_b, int64_t patch, bool scaled, int64_t o) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat, "x: float NCHW");
-  const bool nhwc = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  if (!nhwc) x = x.contiguous();
+  STAGE_START
+  x = x.contiguous(at::MemoryFormat::ChannelsLast);  // no copy when it is channels-last already
   TORCH_CHECK(wt.is_contiguous() && planes.is_contiguous(), "wt and planes must be contiguous");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t kk = kh * kw, L = planes.size(0);
@@ -327,77 +405,30 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   TORCH_CHECK(L >= 1 && L <= 62, "1..62 hyperplanes");
   TORCH_CHECK(c >= 1 && patch >= 1, "empty input or patch");
   const int64_t th = (hout + patch - 1) / patch, tw = (wout + patch - 1) / patch, tiles = th * tw;
-  STAGE_START
-  // 0. pad once: rows/cols the tiles need, zeros outside the image; slack for full-vector over-reads
-  const int64_t hp = (th * patch - 1) * sh + kh, wp = (tw * patch - 1) * sw + kw;
-  const int64_t rwp = (rw + W - 1) / W * W;  // a region row read as whole vectors
-  // uninitialised: the image area is copied below, only the border is zeroed
-  // kept per calling thread and only grown: no page faults from a fresh allocation every call
-  thread_local std::vector<float> xp_buf;
-  grow(xp_buf, n * c * hp * wp + rwp);
-  float* xpd = xp_buf.data();
-  std::fill(xpd + n * c * hp * wp, xpd + n * c * hp * wp + rwp, 0.f);
-  const float* X = x.data_ptr<float>();  // after the layout check below
-  const int64_t x0 = std::max<int64_t>(0, -pad_l), x1 = std::min(w, wp - pad_l);
-  const int64_t y0 = std::max<int64_t>(0, -pad_t), y1 = std::min(h, hp - pad_t);
-  at::parallel_for(0, n * c, 16, [&](int64_t b0, int64_t b1) {  // zero the border of every plane
-    for (int64_t p = b0; p < b1; ++p) {
-      float* plane = xpd + p * hp * wp;
-      for (int64_t yy = 0; yy < hp; ++yy) {
-        float* row = plane + yy * wp;
-        const int64_t iy = yy - pad_t;
-        if (iy < y0 || iy >= y1 || x1 <= x0) {
-          std::fill(row, row + wp, 0.f);
-          continue;
-        }
-        std::fill(row, row + x0 + pad_l, 0.f);
-        std::fill(row + x1 + pad_l, row + wp, 0.f);
-      }
-    }
-  });
-  if (nhwc) {  // channels-last input (the output of a previous HASTE layer): transpose while padding
-    at::parallel_for(0, n * h, 4, [&](int64_t b0, int64_t b1) {
-      for (int64_t p = b0; p < b1; ++p) {
-        const int64_t img = p / h, iy = p % h;
-        if (iy < y0 || iy >= y1) continue;
-        // one input row (w * c floats) stays in L1 while every channel plane's row is written in order
-        const float* row = X + (img * h + iy) * w * c;
-        for (int64_t ch = 0; ch < c; ++ch) {
-          float* dst = xpd + ((img * c + ch) * hp + iy + pad_t) * wp + pad_l;
-          for (int64_t ix = x0; ix < x1; ++ix) dst[ix] = row[ix * c + ch];
-        }
-      }
-    });
-  } else {
-    at::parallel_for(0, n * c, 16, [&](int64_t b0, int64_t b1) {
-      for (int64_t p = b0; p < b1; ++p)
-        for (int64_t iy = y0; iy < y1; ++iy)
-          if (x1 > x0)
-            std::memcpy(xpd + (p * hp + iy + pad_t) * wp + x0 + pad_l, X + (p * h + iy) * w + x0,
-                        (x1 - x0) * sizeof(float));
-    });
-  }
   // output channels-last (N, Hout, Wout, O) memory, returned as a logical NCHW tensor (measured: writing NCHW
   // through a per-tile block for NCHW inputs made the width-32 ResNet34 5-9% slower at batch 1, equal at 32)
   auto y = torch::empty({n, hout, wout, o}, x.options());
   auto groups = torch::empty({n * tiles}, x.options().dtype(torch::kInt));
+  const float* X = x.data_ptr<float>();
   const float* WT = wt.data_ptr<float>();
   const float* B = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* Y = y.data_ptr<float>();
   int* G = groups.data_ptr<int>();
-  // planes transposed to (d, W*nv), zero-padded beyond L; scaled: lane L is all ones (the channel sum)
-  const int nv = static_cast<int>((L + (scaled ? 1 : 0) + W - 1) / W);
-  TORCH_CHECK(nv <= kMaxNV, "at most 63 hyperplanes (62 with merge='scaled')");
-  std::vector<float> rt(d * W * nv, 0.f);
+  // planes transposed to (d, lt): the entries of one region pixel side by side; scaled: plane L is all ones
+  // (the channel sums)
+  const int64_t lt = L + (scaled ? 1 : 0);
+  const int64_t cp = (c + W - 1) / W * W;  // channels rounded up to whole vectors
+  std::vector<float> rt(d * lt);
   const float* R = planes.data_ptr<float>();
-  for (int64_t l = 0; l < L; ++l)
-    for (int64_t i = 0; i < d; ++i) rt[i * W * nv + l] = R[l * d + i];
+  for (int64_t i = 0; i < d; ++i) {
+    for (int64_t l = 0; l < L; ++l) rt[i * lt + l] = R[l * d + i];
+    if (scaled) rt[i * lt + L] = 1.f;
+  }
   // within-channel centring: <x - mean(x), R_l> = <x, R_l> - sum(x) / d * rowsum_l, positive above
   // kWithinTolerance * |sum(x)| * max|R| (haste.lsh.hash_codes_within)
-  std::vector<float> rowsum(W * nv, 0.f);
+  std::vector<float> rowsum(L, 0.f);
   float rmax = 0.f;
-  if (scaled) {
-    for (int64_t i = 0; i < d; ++i) rt[i * W * nv + L] = 1.f;
+  if (scaled)
     for (int64_t l = 0; l < L; ++l) {
       float acc = 0.f;
       for (int64_t i = 0; i < d; ++i) {
@@ -406,31 +437,50 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       }
       rowsum[l] = acc;
     }
+  // ternary planes: per plane the region pixels where it is +1, then those where it is -1
+  bool ternary = true;
+  for (int64_t i = 0; i < L * d && ternary; ++i) ternary = R[i] == 0.f || R[i] == 1.f || R[i] == -1.f;
+  std::vector<int> list, begin(L + 1, 0), npos(L, 0);
+  if (ternary) {
+    list.reserve(L * d);
+    for (int64_t l = 0; l < L; ++l) {
+      begin[l] = static_cast<int>(list.size());
+      for (int64_t i = 0; i < d; ++i)
+        if (R[l * d + i] == 1.f) list.push_back(static_cast<int>(i));
+      npos[l] = static_cast<int>(list.size()) - begin[l];
+      for (int64_t i = 0; i < d; ++i)
+        if (R[l * d + i] == -1.f) list.push_back(static_cast<int>(i));
+    }
+    begin[L] = static_cast<int>(list.size());
   }
   const bool use_table = L <= kTableBits;
-  vec lanes{};  // 1 in the first rw lanes: a region row read as one vector (the scaled merge's dot products)
-  for (int l = 0; l < W && l < rw; ++l) lanes[l] = 1.f;
+  const uint64_t keep = (uint64_t{1} << L) - 1;  // L <= 62
   const int64_t fo = kk * kPanel;  // floats of one channel's (or bucket's) rows in one panel
+  // floats per row of a tile buffer: the region's d pixels rounded up to whole vectors (and to 8 for the transposes)
+  const int64_t dp = (d + 15) / 16 * 16;
 
   // Per-thread buffers kept across calls: they only grow, and are never zero-filled in bulk.
   auto scratch = [&]() -> Scratch& {
     thread_local Scratch s;
-    grow(s.proj, c * W * nv);
+    grow(s.proj, lt * cp + L);  // and the mean merge's plane means
     grow(s.codes, c);
     grow(s.order, c);
     grow(s.bucket, c);
     grow(s.count, c + 1);
     grow(s.first, c + 1);
-    grow(s.ptr, c);
     grow(s.regs, c);
     grow(s.filts, c);
-    grow(s.merged, c * rh * wp + rwp);
+    grow(s.regions, (c + c / 2) * dp);
+    grow(s.pixels, dp);
+    if (static_cast<int64_t>(s.zeros.size()) < cp) s.zeros.assign(cp, 0.f);
     grow(s.filters, wt.size(0) * ps);
     grow(s.beta, c);
     grow(s.merged_ids, c);
     grow(s.dst, patch * patch);
     grow(s.base, patch * patch);
     grow(s.off, kk);
+    grow(s.voff, d);
+    grow(s.vidx, d);
     if (use_table) {
       grow(s.table, int64_t{1} << kTableBits);
       grow(s.stamp, int64_t{1} << kTableBits);
@@ -445,37 +495,70 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     const int64_t img = t / tiles, ty = (t % tiles) / tw, tx = t % tw;
     const int64_t oy0 = ty * patch, ox0 = tx * patch;
     const int64_t vh = std::min(patch, hout - oy0), vw = std::min(patch, wout - ox0);
-    // 1. regions, in place in the padded input (row stride wp)
-    const float* xi = xpd + img * c * hp * wp + (oy0 * sh) * wp + ox0 * sw;
-    for (int64_t ch = 0; ch < c; ++ch) s.ptr[ch] = xi + ch * hp * wp;
+    // 1. the region's pixels inside the image (the others are zero padding): their offsets in the input and
+    // their index in the region
+    const int64_t iy0 = oy0 * sh - pad_t, ix0 = ox0 * sw - pad_l;
+    const int64_t ry0 = std::max<int64_t>(0, -iy0), ry1 = std::min(rh, h - iy0);
+    const int64_t rx0 = std::max<int64_t>(0, -ix0), rx1 = std::min(rw, w - ix0);
+    int64_t npx = 0;
+    for (int64_t ry = ry0; ry < ry1; ++ry)
+      for (int64_t rx = rx0; rx < rx1; ++rx) {
+        s.voff[npx] = ((img * h + iy0 + ry) * w + ix0 + rx) * c;
+        s.vidx[npx++] = static_cast<int>(ry * rw + rx);
+      }
+    const int64_t* voff = s.voff.data();
+    const int* vidx = s.vidx.data();
     STAGE(kRegion)
-    // 2. projections of every channel, centred across channels; codes from the signs
+    // 2. projections of every channel, centred across channels (or within each channel); codes from the signs,
+    // plane by plane for a vector of channels at a time
+    // every region pixel's channels (zeros outside the image and beyond d, up to dp)
+    const float** pp = s.pixels.data();
+    {
+      const float* zeros = s.zeros.data();
+      for (int64_t i = 0; i < dp; ++i) pp[i] = zeros;
+      for (int64_t k = 0; k < npx; ++k) pp[vidx[k]] = X + voff[k];
+    }
     float* proj = s.proj.data();
-    by_planes(nv, s.ptr.data(), c, wp, rh, rw, rt.data(), proj);
-    const uint64_t keep = L == 64 ? ~uint64_t{0} : (uint64_t{1} << L) - 1;
-    if (scaled) {  // centred within each channel: subtract sum / d * rowsum, compare with the tolerance
-      vec rs[kMaxNV];
-      for (int v = 0; v < nv; ++v) rs[v] = loadv(rowsum.data() + W * v);
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const float total = proj[ch * nv * W + L];
-        const float mean = total / static_cast<float>(d), tol = kWithinTolerance * std::abs(total) * rmax;
-        uint64_t code = 0;
-        for (int v = 0; v < nv; ++v) {
-          const vec centred = loadv(proj + (ch * nv + v) * W) - mean * rs[v];
-          code |= sign_bits(centred - tol) << (W * v);
+    if (ternary)
+      project_ternary(pp, list.data(), begin.data(), npos.data(), L, scaled, d, c, proj, cp);
+    else
+      project_region(X, voff, vidx, npx, rt.data(), lt, c, proj, cp);
+    if (scaled) {
+      for (int64_t c0 = 0; c0 < cp; c0 += W) {
+        const vec total = loadv(proj + L * cp + c0);
+        const vec mean = total / static_cast<float>(d);
+        vec tol;
+        for (int l = 0; l < W; ++l) tol[l] = kWithinTolerance * std::abs(total[l]) * rmax;
+        ivec lo{}, hi{};
+        for (int64_t l = 0; l < L; ++l) {
+          const ivec bit = (loadv(proj + l * cp + c0) - mean * rowsum[l]) > tol;
+          if (l < 32) lo |= bit & static_cast<int32_t>(uint32_t{1} << l);
+          else hi |= bit & static_cast<int32_t>(uint32_t{1} << (l - 32));
         }
-        s.codes[ch] = static_cast<int64_t>(code & keep);
+        for (int64_t k = 0; k < W && c0 + k < c; ++k)
+          s.codes[c0 + k] = static_cast<int64_t>(
+              (static_cast<uint64_t>(static_cast<uint32_t>(hi[k])) << 32 | static_cast<uint32_t>(lo[k])) & keep);
       }
     } else {
-      // mean over channels (vector adds), then one compare per W planes gives the sign bits
-      vec mv[kMaxNV] = {};
-      for (int64_t ch = 0; ch < c; ++ch)
-        for (int v = 0; v < nv; ++v) mv[v] += loadv(proj + (ch * nv + v) * W);
-      for (int v = 0; v < nv; ++v) mv[v] = mv[v] / static_cast<float>(c);  // as torch.mean: sum / C
-      for (int64_t ch = 0; ch < c; ++ch) {
-        uint64_t code = 0;
-        for (int v = 0; v < nv; ++v) code |= sign_bits(loadv(proj + (ch * nv + v) * W) - mv[v]) << (W * v);
-        s.codes[ch] = static_cast<int64_t>(code & keep);
+      // the mean over channels of every plane's projections (the padding lanes hold zeros), as torch.mean: sum / C
+      float* mv = proj + lt * cp;  // grown below: lt * cp + L floats
+      for (int64_t l = 0; l < L; ++l) {
+        vec acc{};
+        for (int64_t c0 = 0; c0 < cp; c0 += W) acc += loadv(proj + l * cp + c0);
+        float sum = 0.f;
+        for (int k = 0; k < W; ++k) sum += acc[k];
+        mv[l] = sum / static_cast<float>(c);
+      }
+      for (int64_t c0 = 0; c0 < cp; c0 += W) {
+        ivec lo{}, hi{};
+        for (int64_t l = 0; l < L; ++l) {
+          const ivec bit = (loadv(proj + l * cp + c0) - mv[l]) > vec{};
+          if (l < 32) lo |= bit & static_cast<int32_t>(uint32_t{1} << l);
+          else hi |= bit & static_cast<int32_t>(uint32_t{1} << (l - 32));
+        }
+        for (int64_t k = 0; k < W && c0 + k < c; ++k)
+          s.codes[c0 + k] = static_cast<int64_t>(
+              (static_cast<uint64_t>(static_cast<uint32_t>(hi[k])) << 32 | static_cast<uint32_t>(lo[k])) & keep);
       }
     }
     STAGE(kHash)
@@ -512,75 +595,60 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     for (int b = 0; b < ng; ++b) s.count[b] = s.first[b];
     for (int64_t ch = 0; ch < c; ++ch) s.order[s.count[s.bucket[ch]]++] = static_cast<int>(ch);
     STAGE(kBucket)
-    // 4. per bucket: singletons are read in place; a merged bucket gets the mean of its members' regions in
-    // scratch (whole-vector rows, members outer), its members' filter weights beta (1, or the scaled merge's
-    // ratios) at their positions in s.beta, and the weighted sum of their filter rows (here, or in step 6 by
-    // each thread for its output channels when the GEMM is split).
+    // 4. the tile buffer: the region planar, one row of dp floats per channel (the input's values, zero where
+    // the region leaves the image and beyond d), then one row per merged bucket (the mean of its members); a
+    // singleton is read in its channel's row. A merged bucket's members' filter weights beta (1, or the scaled
+    // merge's ratios) go to their positions in s.beta, and the weighted sum of their filter rows is made here
+    // (or in step 6 by each thread for its output channels when the GEMM is split); a singleton's filter rows
+    // are read where they are, in the weight.
+    float* A = s.regions.data();
+    transpose_region(pp, dp, c, A);
+    STAGE(kIm2col)  // the tile buffer's channel rows (with the im2col tables of step 5)
     int merged_buckets = 0;
     for (int b = 0; b < ng; ++b) {
       int* members = s.order.data() + s.first[b];
       const int size = s.first[b + 1] - s.first[b];
       if (size == 1) {
-        s.regs[b] = s.ptr[members[0]];
+        s.regs[b] = A + members[0] * dp;
         s.filts[b] = WT + members[0] * fo;
         continue;
       }
-      float* m = s.merged.data() + merged_buckets * rh * wp;
       float* f = s.filters.data() + merged_buckets * fo;
+      float* m = A + (c + merged_buckets) * dp;
       s.merged_ids[merged_buckets++] = b;
       s.regs[b] = m;
       s.filts[b] = f;
-      // the spans a region covers at row stride wp: rows of rwp floats, or one flat span when
-      // whole-vector rows would overlap (narrow maps)
-      const bool rows = wp >= rwp;
-      const int64_t nrow = rows ? rh : 1, span = rows ? rwp : ((rh - 1) * wp + rw + W - 1) / W * W;
-      const float* r0 = s.ptr[members[0]];
-      for (int64_t ry = 0; ry < nrow; ++ry)
-        for (int64_t cx = 0; cx < span; cx += W) storev(m + ry * wp + cx, loadv(r0 + ry * wp + cx));
-      for (int i = 1; i < size; ++i) {
-        const float* r = s.ptr[members[i]];
-        for (int64_t ry = 0; ry < nrow; ++ry)
-          for (int64_t cx = 0; cx < span; cx += W)
-            storev(m + ry * wp + cx, loadv(m + ry * wp + cx) + loadv(r + ry * wp + cx));
-      }
       const float inv = 1.f / static_cast<float>(size);
-      for (int64_t ry = 0; ry < nrow; ++ry)
-        for (int64_t cx = 0; cx < span; cx += W) storev(m + ry * wp + cx, loadv(m + ry * wp + cx) * inv);
+      for (int64_t i = 0; i < dp; i += W) {
+        vec sum = loadv(A + members[0] * dp + i);
+        for (int k = 1; k < size; ++k) sum += loadv(A + members[k] * dp + i);
+        storev(m + i, sum * inv);
+      }
       // scaled: member i's least-squares scale a_i = <x_i, m> / <m, m>; the member with the largest scale
       // (the pivot) is moved first, the mean region is multiplied by its a_p and the other members' filter
       // rows are weighted by a_i / a_p, so that the product equals m * sum_i a_i w_i
       float* beta = s.beta.data() + s.first[b];
       std::fill(beta, beta + size, 1.f);
       if (scaled) {
-        // <a, m> over the region: whole-vector rows masked to the region's rw columns where the rows are
-        // one vector wide, else element by element
-        const bool vector_rows = rows && rwp == W;
         auto dot_m = [&](const float* a) {
-          if (vector_rows) {
-            vec acc{};
-            for (int64_t ry = 0; ry < rh; ++ry) acc += loadv(a + ry * wp) * loadv(m + ry * wp) * lanes;
-            float sum = 0.f;
-            for (int l = 0; l < W; ++l) sum += acc[l];
-            return sum;
-          }
+          vec acc{};
+          for (int64_t i = 0; i < dp; i += W) acc += loadv(a + i) * loadv(m + i);
           float sum = 0.f;
-          for (int64_t ry = 0; ry < rh; ++ry)
-            for (int64_t rx = 0; rx < rw; ++rx) sum += a[ry * wp + rx] * m[ry * wp + rx];
+          for (int l = 0; l < W; ++l) sum += acc[l];
           return sum;
         };
         const float mm = dot_m(m);
         if (mm > 0.f) {
           int pivot = 0;
-          for (int i = 0; i < size; ++i) {
-            beta[i] = dot_m(s.ptr[members[i]]) / mm;
-            if (beta[i] > beta[pivot]) pivot = i;
+          for (int k = 0; k < size; ++k) {
+            beta[k] = dot_m(A + members[k] * dp) / mm;
+            if (beta[k] > beta[pivot]) pivot = k;
           }
           std::swap(members[0], members[pivot]);
           std::swap(beta[0], beta[pivot]);
           const float ap = beta[0];
-          for (int i = 1; i < size; ++i) beta[i] /= ap;  // beta[0] (the pivot's) is not read
-          for (int64_t ry = 0; ry < nrow; ++ry)
-            for (int64_t cx = 0; cx < span; cx += W) storev(m + ry * wp + cx, loadv(m + ry * wp + cx) * ap);
+          for (int k = 1; k < size; ++k) beta[k] /= ap;  // beta[0] (the pivot's) is not read
+          for (int64_t i = 0; i < dp; i += W) storev(m + i, loadv(m + i) * ap);
         }  // else a flat bucket (mean region all zero): a plain sum
       }
       if (!split_gemm) sum_rows(f, WT, ps, kk, 0, o, members, size, beta);  // else by each thread's channels
@@ -589,9 +657,9 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     // 5. implicit im2col tables: pixel q of bucket b reads regs[b][base[q] + koff[ky * kw + kx]]
     const int64_t pixels = vh * vw;
     for (int64_t py = 0; py < vh; ++py)
-      for (int64_t px = 0; px < vw; ++px) s.base[py * vw + px] = static_cast<int>(py * sh * wp + px * sw);
+      for (int64_t px = 0; px < vw; ++px) s.base[py * vw + px] = static_cast<int>(py * sh * rw + px * sw);
     for (int64_t ky = 0; ky < kh; ++ky)
-      for (int64_t kx = 0; kx < kw; ++kx) s.off[ky * kw + kx] = static_cast<int>(ky * wp + kx);
+      for (int64_t kx = 0; kx < kw; ++kx) s.off[ky * kw + kx] = static_cast<int>(ky * rw + kx);
     STAGE(kIm2col)
     // 6. y[pixel][0..O) = bias + merged channels (pixels, depth) @ merged filters (depth, O), in place
     for (int64_t py = 0; py < vh; ++py)
@@ -638,9 +706,9 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     at::parallel_for(0, shares, 1, [&](int64_t b0, int64_t b1) {
       Scratch& s = scratch();
       for (int64_t k = 0; k < shares; ++k) {
-        Claim& c = claims[(b0 + k) % shares];
-        for (int64_t t = c.next.fetch_add(1, std::memory_order_relaxed); t < c.end;
-             t = c.next.fetch_add(1, std::memory_order_relaxed))
+        Claim& cl = claims[(b0 + k) % shares];
+        for (int64_t t = cl.next.fetch_add(1, std::memory_order_relaxed); t < cl.end;
+             t = cl.next.fetch_add(1, std::memory_order_relaxed))
           tile(t, s);
       }
     });
