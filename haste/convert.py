@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from . import options as _options
+from .fold import FoldedBatchNorm2d, batchnorm_pairs, fold, unfold
 from .levels import resolve_table
 from .module import HasteConv2d, Skip, unsupported
 from .options import Options
@@ -25,6 +26,10 @@ class Conversion:
     options: dict = field(default_factory=dict)
     #: the level plans the layers run (engine -> level -> entries, ``haste.plans``); {} without plans
     plans: dict = field(default_factory=dict)
+    #: converted conv name -> name of the BatchNorm2d it took in (``haste.fold``; option ``fold_batchnorm``)
+    folded: dict[str, str] = field(default_factory=dict)
+    #: why no BatchNorm was folded although ``fold_batchnorm`` asked for it (the model cannot be traced), or None
+    unfolded: str | None = None
 
     @property
     def skipped(self) -> dict[str, str]:
@@ -129,6 +134,7 @@ def convert(
         plans = check_plans(plans)
         check_plan_layers(plans, names)
     record.plans = dict(plans or {})
+    norms = _batchnorms(model, chosen, aliases, record) if chosen_options.fold_batchnorm else {}
     wrappers = [  # all built (and their levels checked) before the model changes
         HasteConv2d(
             conv,
@@ -136,16 +142,48 @@ def convert(
             options=chosen_options.replace(seed=chosen_options.seed * 1_000_003 + index),
             levels=levels,
             plans=record.plans,
+            batchnorm=norms.get(name, (None, None))[1],
         )
         for index, name, conv in chosen
     ]
     for (_, name, conv), wrapper in zip(chosen, wrappers):
         for alias in aliases[id(conv)]:
-            parent_name, _, child = alias.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, wrapper)
+            _set(model, alias, wrapper)
         record.replaced.append(name)
+        if name in norms:
+            bn_name, bn = norms[name]
+            fold(bn)
+            record.folded[name] = bn_name
     model.haste_conversion = record
     return model
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` in ``model`` under the qualified ``name``."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
+
+
+def _batchnorms(
+    model: nn.Module, chosen: list, aliases: dict[int, list[str]], record: Conversion
+) -> dict[str, tuple[str, nn.BatchNorm2d]]:
+    """conv name -> (name, module) of the BatchNorm2d each chosen conv takes in (``haste.fold.batchnorm_pairs``:
+    the only reader of its output), for convs and BatchNorms registered under one name only; sets
+    ``record.unfolded`` when the model cannot be traced."""
+    pairs, record.unfolded = batchnorm_pairs(model)
+    names = {name for name, _ in model.named_modules(remove_duplicate=False)}
+    counts: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        counts[id(m)] = counts.get(id(m), 0) + 1
+    norms = {}
+    for _, name, conv in chosen:
+        bn_name = pairs.get(name)
+        if bn_name is None or bn_name not in names or len(aliases[id(conv)]) != 1:
+            continue
+        bn = model.get_submodule(bn_name)
+        if counts[id(bn)] == 1:
+            norms[name] = (bn_name, bn)
+    return norms
 
 
 def check_layer_names(levels: Mapping[str, object] | None, conv_names: list[str]) -> None:
@@ -234,7 +272,7 @@ def card_levels(model: nn.Module, options: Options) -> Mapping[str, object] | No
     """The calibrated level table of the model's card, if it was calibrated with these conversion
     options; else None."""
     levels = _calibration(model).get("levels")
-    if levels and calibrated_options(model) == options:
+    if levels and calibrated_options(model).calibrated() == options.calibrated():
         return levels
     return None
 
@@ -284,8 +322,9 @@ def revert(model: nn.Module) -> nn.Module:
         )
     for name, module in list(model.named_modules(remove_duplicate=False)):
         if isinstance(module, HasteConv2d):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, module.conv)
+            _set(model, name, module.conv)
+        elif isinstance(module, FoldedBatchNorm2d):
+            unfold(module)
     if "haste_conversion" in model.__dict__:
         del model.haste_conversion
     return model
@@ -304,6 +343,7 @@ def refresh(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(m, HasteConv2d):
             m._cpu_cache = None
+            m._folded = None
             m._calls = {}
     return model
 

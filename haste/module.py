@@ -8,6 +8,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from . import batchnorm as _batchnorm
 from . import engine
 from . import levels as _levels
 from . import options as _options
@@ -42,10 +43,13 @@ _PLANNED_KEYS = 1024
 _CALL_KEYS = 64
 
 
-def _weights_key(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+def _weights_key(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d | None = None) -> tuple:
     """What changes when a conv's weight or bias is edited in place (version counter) or given new data (``.data
-    = ...`` moves the data pointer, not the version)."""
-    return weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr())
+    = ...`` moves the data pointer, not the version), and with ``bn`` (a BatchNorm folded in) its state."""
+    return (
+        weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr()),
+        None if bn is None else _batchnorm.state(bn),
+    )  # fmt: skip
 
 
 def _capturing() -> bool:
@@ -166,6 +170,11 @@ class HasteConv2d(nn.Module):
             or 1..max_hyperplanes; default ``haste.LEVELS``.
         plans: per engine and level, what this layer runs at each batch size (``haste.plans``: engine -> level ->
             entries); a level without a plan for the engine that runs uses ``levels`` at every batch size.
+        batchnorm: the BatchNorm2d that alone reads the conv's output, taken in (``haste.fold``; ``convert`` passes
+            it): at levels other than off the layer returns the BatchNorm's output (the CPU kernel applies an
+            eval-mode BatchNorm as it writes) and the BatchNorm module passes its input on; at level off the layer
+            returns the conv's output and the BatchNorm module runs. Not a submodule of the layer: the model keeps
+            it where it was.
     """
 
     def __init__(
@@ -176,6 +185,7 @@ class HasteConv2d(nn.Module):
         options: _options.Options | None = None,
         levels: dict[str, int] | None = None,
         plans: dict | None = None,
+        batchnorm: nn.BatchNorm2d | None = None,
         **changes,
     ) -> None:
         super().__init__()
@@ -184,6 +194,13 @@ class HasteConv2d(nn.Module):
             raise ValueError(
                 f"HasteConv2d cannot wrap {name or 'this conv'}: {reason}. It wraps an nn.Conv2d (or a subclass "
                 "keeping nn.Conv2d's forward) with groups=1, dilation 1, zero padding and no module hooks"
+            )
+        if batchnorm is not None and not (
+            isinstance(batchnorm, nn.BatchNorm2d) and batchnorm.num_features == conv.out_channels
+        ):
+            raise ValueError(
+                f"batchnorm must be an nn.BatchNorm2d over the conv's {conv.out_channels} output channels; got "
+                f"{batchnorm!r}"
             )
         _options.check_names(changes, _LAYER_OPTIONS, "HasteConv2d option")
         options = (options or _options.Options()).replace(**changes)
@@ -208,6 +225,8 @@ class HasteConv2d(nn.Module):
         )
         self.register_buffer("planes", planes.to(conv.weight.device, conv.weight.dtype), persistent=False)
         self._cpu_cache: tuple | None = None  # see _cpu_operands
+        self._batchnorm = () if batchnorm is None else (batchnorm,)  # a tuple: not a submodule
+        self._folded: tuple | None = None  # (weights and BatchNorm key, scale, shift): see _cpu_operands
         #: (level, hyperplanes, input shape) -> (weight, its version, bias, hyperplanes, kernel arguments): what an
         #: unprofiled CPU call runs, looked up once per key (see forward); cleared with the weight cache
         self._calls: dict[tuple, tuple] = {}
@@ -227,8 +246,12 @@ class HasteConv2d(nn.Module):
             f"levels={self.levels}"
         )
 
-    def _cpu_operands(self, hyperplanes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(weight in the kernel's layout, bias, first ``hyperplanes`` planes) for the CPU kernel: one cache,
+    def _cpu_operands(
+        self, hyperplanes: int, bn: nn.BatchNorm2d | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(weight in the kernel's layout, bias, first ``hyperplanes`` planes, scale) for the CPU kernel, the
+        output being ``conv * scale + bias``: with ``bn`` (the BatchNorm folded in) its scale and the conv's bias
+        times it plus its shift, else the conv's bias and no scale (None). One cache,
         rebuilt when the weight or bias is replaced (``conv.weight = ...``, ``weight.data = ...``) or changed
         in place through autograd-visible ops (their version counter moves); ``_apply`` (e.g. ``.to()``) and
         ``haste.refresh`` clear it (in-place edits through ``.data`` bypass the version counter). The plane
@@ -244,10 +267,39 @@ class HasteConv2d(nn.Module):
         planes = cache[5].get(hyperplanes)
         if planes is None:
             planes = cache[5][hyperplanes] = self.planes[:hyperplanes].contiguous()
-        return cache[3], cache[4], planes
+        if bn is None:
+            return cache[3], cache[4], planes, None
+        key = (key, _batchnorm.state(bn))
+        folded = self._folded
+        if folded is None or folded[0] != key:
+            scale, shift = _batchnorm.affine(bn)
+            if bias is not None:
+                shift = (bias.detach() * scale + shift).contiguous()
+            folded = self._folded = (key, scale, shift)
+        return cache[3], folded[2], planes, folded[1]
+
+    @property
+    def batchnorm(self) -> nn.BatchNorm2d | None:
+        """The BatchNorm this layer took in (``haste.fold``), or None."""
+        return self._batchnorm[0] if self._batchnorm else None
+
+    def _foldable(self) -> nn.BatchNorm2d | None:
+        """The BatchNorm the CPU kernel applies in this call (``batchnorm.foldable``), or None."""
+        if not self._batchnorm:
+            return None
+        bn = self._batchnorm[0]
+        return bn if _batchnorm.foldable(bn) else None
+
+    def _normed(self, y: torch.Tensor, setting: _levels.Setting) -> torch.Tensor:
+        """``y`` through the BatchNorm this layer took in, at levels other than off (at off the BatchNorm module
+        runs where the model calls it); else ``y``."""
+        if self._batchnorm and setting.level != "off":
+            return _batchnorm.BATCHNORM_FORWARD(self._batchnorm[0], y)
+        return y
 
     def _apply(self, fn, recurse=True):
         self._cpu_cache = None
+        self._folded = None
         self._calls = {}
         return super()._apply(fn, recurse)
 
@@ -288,25 +340,35 @@ class HasteConv2d(nn.Module):
         # here touches Python objects that the kernel's previous call pushed out of the caches: the full path
         # below cost about 45 us more per call than the kernel itself (fmnist-resnet34, batch 1).
         setting = _levels.current()
+        if setting.level == "off" and not isinstance(x, _Proxy) and active() is None:
+            # level off: the wrapped conv's own computation, whatever the plans and the engine (torch.jit and
+            # torch.export record the original conv; a folded BatchNorm runs where the model calls it)
+            conv = self.conv
+            return conv._conv_forward(x, conv.weight, conv.bias)
         call = self._calls.get((setting.level, setting.hyperplanes, x.shape))
         if call is not None and active() is None and not _capturing():
             hyperplanes, weight, bias, key, args = call
             conv = self.conv
             if not hyperplanes:  # dense: the conv's own weights; the engine matters only to a plan
                 if not self.plans or engine.runs_cpu(x, conv.weight):
-                    return conv._conv_forward(x, conv.weight, conv.bias)
-            elif (
-                conv.weight is weight and conv.bias is bias and _weights_key(weight, bias) == key
-                and engine.runs_cpu(x, weight)
-            ):  # fmt: skip
-                return engine.cpu_conv2d(x, *args)[0]
+                    return self._normed(conv._conv_forward(x, conv.weight, conv.bias), setting)
+            else:
+                bn = self._foldable() if self._batchnorm else None
+                if (
+                    conv.weight is weight and conv.bias is bias and _weights_key(weight, bias, bn) == key
+                    and engine.runs_cpu(x, weight)
+                ):  # fmt: skip
+                    y = engine.cpu_conv2d(x, *args)[0]
+                    return y if bn is not None else self._normed(y, setting)
         return self._forward(x, setting)
 
-    def _remember(self, setting: _levels.Setting, x: torch.Tensor, hyperplanes: int) -> None:
-        """Keep this call for ``forward``'s fast path: a HASTE call that ran on the CPU engine, with the weight
-        and bias it ran with (``_weights_key``, as ``_cpu_operands`` checks them), or a dense call whose layout
-        does not depend on the input's strides (a dense call of an NCHW model converting small channels-last
-        inputs is not kept) and, with plans, ran on the CPU engine's plan."""
+    def _remember(
+        self, setting: _levels.Setting, x: torch.Tensor, hyperplanes: int, bn: nn.BatchNorm2d | None = None
+    ) -> None:
+        """Keep this call for ``forward``'s fast path: a HASTE call that ran on the CPU engine, with the weight,
+        bias and folded BatchNorm ``bn`` it ran with (``_weights_key``, as ``_cpu_operands`` checks them), or a
+        dense call whose layout does not depend on the input's strides (a dense call of an NCHW model converting
+        small channels-last inputs is not kept) and, with plans, ran on the CPU engine's plan."""
         conv = self.conv
         weight = conv.weight
         if len(self._calls) >= _CALL_KEYS or _capturing():
@@ -314,8 +376,9 @@ class HasteConv2d(nn.Module):
         if hyperplanes:
             if not engine.runs_cpu(x, weight):
                 return
-            args = (*self._cpu_operands(hyperplanes), *self._static)
-            entry = (hyperplanes, weight, conv.bias, _weights_key(weight, conv.bias), args)
+            weight_t, bias, planes, scale = self._cpu_operands(hyperplanes, bn)
+            args = (weight_t, bias, planes, *self._static, scale)
+            entry = (hyperplanes, weight, conv.bias, _weights_key(weight, conv.bias, bn), args)
         elif (x.shape[2] * x.shape[3] <= _DENSE_NCHW_MAX_PIXELS and weight.is_contiguous()) or (
             self.plans and not engine.runs_cpu(x, weight)
         ):
@@ -346,7 +409,7 @@ class HasteConv2d(nn.Module):
                 n = y.shape[0] if y.dim() == 4 else 1
                 per = [float(conv_flops(conv, y))] * n
                 collector.record(self, self.name, "haste", per, per, [0.0] * n, channels=conv.in_channels)
-            return y
+            return self._normed(y, setting)
         if torch.jit.is_tracing() or torch.compiler.is_exporting():
             raise RuntimeError(_EXPORT_ERROR.format(layer=self.name))
         if x.dim() != 4:
@@ -364,9 +427,13 @@ class HasteConv2d(nn.Module):
         name = name or engine.choose(x, weight)
         geo = self._geometry_for((x.shape[2], x.shape[3]))  # checks the size, naming the layer
         if name == "cpu":  # the per-call fast path: operands cached, sizes checked once
-            y, _, sums = engine.cpu_conv2d(x, *self._cpu_operands(hyperplanes), *self._static)
+            bn = self._foldable()  # applied by the kernel as it writes
+            weight_t, bias, planes, scale = self._cpu_operands(hyperplanes, bn)
+            y, _, sums = engine.cpu_conv2d(x, weight_t, bias, planes, *self._static, scale)
+            if bn is None:
+                y = self._normed(y, setting)
             if collector is None:
-                self._remember(setting, x, hyperplanes)
+                self._remember(setting, x, hyperplanes, bn)
                 return y
             sums = sums.tolist()
         else:
@@ -374,7 +441,7 @@ class HasteConv2d(nn.Module):
                 x, weight, self.conv.bias, stride=self.conv.stride, padding=self.padding, patch=self.patch_size,
                 planes=self.planes[:hyperplanes], engine=name, merge=self.merge,
             )  # fmt: skip
-            y = result.output
+            y = self._normed(result.output, setting)
             if collector is None:
                 return y
             sums = tile_sums(geo, result.groups)

@@ -77,8 +77,10 @@ class Flag:
 
 class Option(NamedTuple):
     """One conversion option, as ``OPTIONS`` lists them: name, default, accepted values, a one-line help, whether
-    ``HasteConv2d`` takes it (``layer``; else only ``convert`` does: it chooses which convs are converted) and
-    whether the commands have a flag for it (``flag``: ``--patch-size`` for ``patch_size``)."""
+    ``HasteConv2d`` takes it (``layer``; else only ``convert`` does: it chooses which convs are converted),
+    whether the commands have a flag for it (``flag``: ``--patch-size`` for ``patch_size``) and whether a model
+    card's calibrated levels hold only for the value they were calibrated with (``calibrated``; an option that
+    changes how a level runs, not what it computes, does not)."""
 
     name: str
     default: object
@@ -86,6 +88,7 @@ class Option(NamedTuple):
     help: str
     layer: bool = True
     flag: bool = True
+    calibrated: bool = True
 
     def check(self, value: object) -> None:
         """Raise ValueError, saying what is accepted, unless ``value`` is a valid value of this option."""
@@ -137,6 +140,11 @@ class Options:
         "scaled (hash centred within each channel, filter slices weighted by least-squares scales; see "
         "haste.functional)",
     )  # fmt: skip
+    fold_batchnorm: bool = _option(
+        True, Flag(), "a converted conv whose output only a BatchNorm2d reads takes the BatchNorm in: at levels "
+        "other than off the CPU kernel applies it as it writes its output (level off runs both as before; see "
+        "haste.fold)", layer=False, flag=False, calibrated=False,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for option in OPTIONS:
@@ -156,6 +164,10 @@ class Options:
     def as_dict(self) -> dict[str, object]:
         """name -> value, in field order (what ``haste.conversion(model).options`` and the cards hold)."""
         return {option.name: getattr(self, option.name) for option in OPTIONS}
+
+    def calibrated(self) -> dict[str, object]:
+        """The options a model card's calibrated levels depend on (``Option.calibrated``), name -> value."""
+        return {option.name: getattr(self, option.name) for option in OPTIONS if option.calibrated}
 
 
 #: Every conversion option, in field order.

@@ -4,8 +4,9 @@
     python scripts/kernel_profile.py --model fmnist-resnet34 --level high --batch 1 8 \\
         --out results/kernel-profile-fmnist-resnet34.json
 
-Per layer and batch: the wall-clock median of the dense conv (``conv._conv_forward``), of the HASTE layer
-(``layer(x)`` at the level: the module's Python path plus the kernel) and of the kernel called directly, the
+Per layer and batch: the wall-clock median of the dense conv (``conv._conv_forward``, without the BatchNorm a
+layer may have folded in: ``haste.fold``), of the HASTE layer (``layer(x)`` at the level: the module's Python path
+plus the kernel, which applies the folded BatchNorm as it writes) and of the kernel called directly, the
 three interleaved in a new random order every round (seed 0) after warm-up; then, in the profiling build
 (``-DHASTE_PROFILE``), the kernel's stages per call: thread time summed over threads for the per-tile stages,
 the calling thread's wall time for ``prepare`` (padding, planes, allocations), ``loop`` (the tile loop) and
@@ -47,11 +48,12 @@ def profile_layers(model, x: torch.Tensor, level: str, *, rounds: int, warmup: i
     with torch.inference_mode(), compression(level):
         for layer, inp in layers:
             conv, L = layer.conv, layer.levels[level]
-            operands = layer._cpu_operands(L)
+            weight_t, bias, planes, scale = layer._cpu_operands(L, layer._foldable())  # as the layer calls it
+            ops = (weight_t, bias, planes, *layer._static, scale)
             variants = {
                 "dense_us": lambda conv=conv, inp=inp: conv._conv_forward(inp, conv.weight, conv.bias),
                 "layer_us": lambda layer=layer, inp=inp: layer(inp),
-                "kernel_us": lambda layer=layer, inp=inp, ops=operands: engine.cpu_conv2d(inp, *ops, *layer._static),
+                "kernel_us": lambda inp=inp, ops=ops: engine.cpu_conv2d(inp, *ops),
             }
             times = interleaved_times(variants, rounds=rounds, warmup=warmup, rng=shuffle)
             row = {"layer": layer.name, "channels": conv.in_channels, "input": list(inp.shape), "hyperplanes": L}

@@ -172,8 +172,9 @@ def test_bad_inputs():
 
 
 def test_zero_in_a_schedule_runs_that_layer_dense():
-    """A per-layer 0 (where merging does not pay) runs that conv dense at that level, bit-exact, and the
-    profile counts no saving and no overhead for it; the other layers still merge."""
+    """A per-layer 0 (where merging does not pay) runs that conv dense at that level, bit-exact (followed by the
+    BatchNorm it took in: haste.fold), and the profile counts no saving and no overhead for it; the other layers
+    still merge."""
     from haste_lab.sweep import conv_names, schedule_table
 
     dense = torchvision.models.resnet18(num_classes=10).eval()
@@ -184,7 +185,7 @@ def test_zero_in_a_schedule_runs_that_layer_dense():
     x = torch.randn(2, 64, 16, 16)
     with torch.no_grad(), haste.compression("high"):
         assert layer.hyperplanes() == 0
-        assert torch.equal(layer(x), layer.conv(x))
+        assert torch.equal(layer(x), nn.BatchNorm2d.forward(model.layer1[0].bn1, layer.conv(x)))
         with haste.profile(model) as report:
             model(torch.randn(2, 3, 32, 32))
     stats = report.layers["layer1.0.conv1"]

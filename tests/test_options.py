@@ -21,7 +21,7 @@ CARDS = sorted((Path(haste.__file__).parent / "zoo" / "weights").glob("*.json"))
 def test_the_defaults_are_the_ones_convert_has_always_used():
     expected = dict(
         patch_size=4, sparsity=2 / 3, hash="ternary", seed=0, start_layer=1, include_pointwise=False,
-        max_hyperplanes=24, merge="mean",
+        max_hyperplanes=24, merge="mean", fold_batchnorm=True,
     )  # fmt: skip
     assert Options().as_dict() == expected and list(Options().as_dict()) == list(expected)
     model = haste.convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)))

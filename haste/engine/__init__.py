@@ -283,12 +283,18 @@ def conv2d(
     return Result(y, None, groups)
 
 
-def cpu_conv2d(x, weight_t, bias, planes, kernel, stride, padding, patch, scaled, out_channels) -> list[torch.Tensor]:
+def cpu_conv2d(
+    x, weight_t, bias, planes, kernel, stride, padding, patch, scaled, out_channels, scale=None
+) -> list[torch.Tensor]:
     """The CPU kernel without checks or conversions: ``weight_t`` from ``weight_layout``, ``bias`` a
     detached tensor (``EMPTY`` for none), ``planes`` contiguous, the input size already checked
-    (``tiles.output_size``). Returns [channels-last output, buckets per tile, per-image sums (N, 2) as
+    (``tiles.output_size``); with ``scale`` (O,), the output is ``conv * scale + bias`` (a BatchNorm folded in:
+    ``haste.fold``). Returns [channels-last output, buckets per tile, per-image sums (N, 2) as
     ``flops.tile_sums``]. The per-call fast path of ``HasteConv2d``; use ``conv2d`` otherwise."""
-    return _module.haste_conv2d_cpu(x, weight_t, bias, planes, *kernel, *stride, *padding, patch, scaled, out_channels)
+    return _module.haste_conv2d_cpu(
+        x, weight_t, bias, planes, *kernel, *stride, *padding, patch, scaled, out_channels,
+        EMPTY if scale is None else scale,
+    )  # fmt: skip
 
 
 EMPTY = torch.empty(0)

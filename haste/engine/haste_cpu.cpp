@@ -88,10 +88,17 @@ inline const float* panel_at(const float* f, int64_t ps, int64_t kk, int64_t oc)
   return f + (oc / kPanel) * ps + oc % kPanel;
 }
 
-// out[q][oc..oc+W*NV) = sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc..oc+W*NV), PB pixels q.
+// The output's affine epilogue: y = acc * scale + shift per output channel (scale null: y = acc + shift; shift null:
+// 0). shift is the conv's bias, or with a folded BatchNorm its scale and shift (haste.fold).
+struct Epilogue {
+  const float* scale;
+  const float* shift;
+};
+
+// out[q][oc..oc+W*NV) = epilogue(sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc..oc+W*NV)), PB pixels q.
 template <int PB, int NV>
 inline void micro(int64_t ng, int64_t kk, int64_t ps, int64_t oc, const float* const* regs, const float* const* filts,
-                  const int* base, const int* koff, float* const* out, const float* bias) {
+                  const int* base, const int* koff, float* const* out, Epilogue ep) {
   vec acc[NV][PB];
   for (int v = 0; v < NV; ++v)
     for (int q = 0; q < PB; ++q) acc[v][q] = vec{};
@@ -112,8 +119,13 @@ inline void micro(int64_t ng, int64_t kk, int64_t ps, int64_t oc, const float* c
     }
   }
   for (int v = 0; v < NV; ++v) {
-    const vec bv = bias ? loadv(bias + oc + W * v) : vec{};
-    for (int q = 0; q < PB; ++q) storev(out[q] + oc + W * v, acc[v][q] + bv);
+    const vec bv = ep.shift ? loadv(ep.shift + oc + W * v) : vec{};
+    if (ep.scale) {
+      const vec sv = loadv(ep.scale + oc + W * v);
+      for (int q = 0; q < PB; ++q) storev(out[q] + oc + W * v, acc[v][q] * sv + bv);
+    } else {
+      for (int q = 0; q < PB; ++q) storev(out[q] + oc + W * v, acc[v][q] + bv);
+    }
   }
 }
 
@@ -136,32 +148,32 @@ inline void by_pixels(int64_t pb, Args... args) {
 template <int NV, int PB>
 inline void gemm_block(int64_t np, int64_t ng, int64_t kk, int64_t ps, int64_t oc, const float* const* regs,
                        const float* const* filts, const int* base, const int* koff, float* const* out,
-                       const float* bias) {
+                       Epilogue ep) {
   for (int64_t p0 = 0; p0 < np; p0 += PB)
-    by_pixels<NV>(std::min<int64_t>(PB, np - p0), ng, kk, ps, oc, regs, filts, base + p0, koff, out + p0, bias);
+    by_pixels<NV>(std::min<int64_t>(PB, np - p0), ng, kk, ps, oc, regs, filts, base + p0, koff, out + p0, ep);
 }
 
-// out[q][oc0..oc1) = bias + sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc0..oc1), in place:
+// out[q][oc0..oc1) = epilogue(sum_b sum_j regs[b][base[q] + koff[j]] * filts[b][j][oc0..oc1), in place:
 // with AVX-512, 64 output channels x 6 pixels per micro-kernel call where possible (24 accumulators, 4
 // filter registers: the fewest loads per multiply-add), then 32 x 8, then 16 x 8; with AVX2, 16 x 6; then scalar.
 void gemm_buckets(int64_t np, int64_t ng, int64_t kk, int64_t o, int64_t ps, int64_t oc0, int64_t oc1,
                   const float* const* regs, const float* const* filts, const int* base, const int* koff,
-                  float* const* out, const float* bias) {
+                  float* const* out, Epilogue ep) {
   const int64_t o16 = std::min(oc1, o / 16 * 16);
   int64_t oc = oc0;
 #ifdef __AVX512F__  // 32 registers
-  for (; oc + 64 <= o16; oc += 64) gemm_block<4, 6>(np, ng, kk, ps, oc, regs, filts, base, koff, out, bias);
-  for (; oc + 32 <= o16; oc += 32) gemm_block<2, 8>(np, ng, kk, ps, oc, regs, filts, base, koff, out, bias);
-  for (; oc + 16 <= o16; oc += 16) gemm_block<1, 8>(np, ng, kk, ps, oc, regs, filts, base, koff, out, bias);
+  for (; oc + 64 <= o16; oc += 64) gemm_block<4, 6>(np, ng, kk, ps, oc, regs, filts, base, koff, out, ep);
+  for (; oc + 32 <= o16; oc += 32) gemm_block<2, 8>(np, ng, kk, ps, oc, regs, filts, base, koff, out, ep);
+  for (; oc + 16 <= o16; oc += 16) gemm_block<1, 8>(np, ng, kk, ps, oc, regs, filts, base, koff, out, ep);
 #else  // 16 registers: 16 output channels x 6 pixels = 12 accumulators, 2 filter registers and a broadcast
-  for (; oc + 16 <= o16; oc += 16) gemm_block<2, 6>(np, ng, kk, ps, oc, regs, filts, base, koff, out, bias);
+  for (; oc + 16 <= o16; oc += 16) gemm_block<2, 6>(np, ng, kk, ps, oc, regs, filts, base, koff, out, ep);
 #endif
   for (int64_t q = 0; q < np; ++q)  // output channels beyond a multiple of 16
     for (int64_t c = oc; c < oc1; ++c) {
-      float acc = bias ? bias[c] : 0.f;
+      float acc = 0.f;
       for (int64_t b = 0; b < ng; ++b)
         for (int64_t j = 0; j < kk; ++j) acc += regs[b][base[q] + koff[j]] * panel_at(filts[b], ps, kk, c)[j * kPanel];
-      out[q][c] = acc;
+      out[q][c] = (ep.scale ? acc * ep.scale[c] : acc) + (ep.shift ? ep.shift[c] : 0.f);
     }
 }
 
@@ -379,6 +391,8 @@ constexpr float kWithinTolerance = 1e-5f;  // haste.lsh.WITHIN_TOLERANCE
 // x: (N, C, H, W) float, channels-last (read in place) or another layout (made channels-last first). wt:
 // (ceil(O / 16), C, kh*kw, 16) float contiguous: the weight in panels of 16 output channels, zero beyond O
 // (haste.engine.weight_layout); o: output channels. planes: (L, rh*rw) float contiguous. bias: (O,) or empty.
+// scale: (O,) or empty: with it, y = conv * scale + bias (a BatchNorm folded into the output: bias is then the
+// conv's bias times scale plus the BatchNorm's shift; haste.fold).
 // scaled: the "scaled" merge (hash the channels centred within themselves, weight each member's filter rows by
 // its least-squares scale against the bucket mean; haste/functional.py) instead of the paper's (centred across
 // channels, plain sums).
@@ -387,7 +401,8 @@ constexpr float kWithinTolerance = 1e-5f;  // haste.lsh.WITHIN_TOLERANCE
 std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, torch::Tensor bias,
                                             torch::Tensor planes, int64_t kh, int64_t kw, int64_t sh,
                                             int64_t sw, int64_t pad_l, int64_t pad_r, int64_t pad_t,
-                                            int64_t pad_b, int64_t patch, bool scaled, int64_t o) {
+                                            int64_t pad_b, int64_t patch, bool scaled, int64_t o,
+                                            torch::Tensor scale) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat, "x: float NCHW");
   STAGE_START
   x = x.contiguous(at::MemoryFormat::ChannelsLast);  // no copy when it is channels-last already
@@ -411,7 +426,10 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   auto groups = torch::empty({n * tiles}, x.options().dtype(torch::kInt));
   const float* X = x.data_ptr<float>();
   const float* WT = wt.data_ptr<float>();
-  const float* B = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  TORCH_CHECK((bias.numel() == 0 || bias.numel() == o) && (scale.numel() == 0 || scale.numel() == o) &&
+                  bias.is_contiguous() && scale.is_contiguous(),
+              "bias and scale: (O,) contiguous or empty");
+  const Epilogue ep{scale.numel() ? scale.data_ptr<float>() : nullptr, bias.numel() ? bias.data_ptr<float>() : nullptr};
   float* Y = y.data_ptr<float>();
   int* G = groups.data_ptr<int>();
   // planes transposed to (d, lt): the entries of one region pixel side by side; scaled: plane L is all ones
@@ -661,7 +679,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     for (int64_t ky = 0; ky < kh; ++ky)
       for (int64_t kx = 0; kx < kw; ++kx) s.off[ky * kw + kx] = static_cast<int>(ky * rw + kx);
     STAGE(kIm2col)
-    // 6. y[pixel][0..O) = bias + merged channels (pixels, depth) @ merged filters (depth, O), in place
+    // 6. y[pixel][0..O) = epilogue(merged channels (pixels, depth) @ merged filters (depth, O)), in place
     for (int64_t py = 0; py < vh; ++py)
       for (int64_t px = 0; px < vw; ++px)
         s.dst[py * vw + px] = Y + ((img * hout + oy0 + py) * wout + ox0 + px) * o;
@@ -680,7 +698,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
         }
       STAGE(kFilters)
       gemm_buckets(pixels, ng, kk, o, ps, oc0, oc1, s.regs.data(), s.filts.data(), s.base.data(), s.off.data(),
-                   s.dst.data(), B);
+                   s.dst.data(), ep);
       STAGE(kGemm)
     };
     if (split_gemm)
