@@ -149,6 +149,7 @@ def convert(
     for (_, name, conv), wrapper in zip(chosen, wrappers):
         for alias in aliases[id(conv)]:
             _set(model, alias, wrapper)
+        wrapper.converted_in = id(model)  # a profile of this model knows the layer at once (haste.profile)
         record.replaced.append(name)
         if name in norms:
             bn_name, bn = norms[name]

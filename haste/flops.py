@@ -36,10 +36,24 @@ def _tile_weights(geo: Geometry) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _layer_constants(geo: Geometry, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int, merge: str):
-    """(dense per image, c_out * k^2 (multiply-adds per bucket and output pixel), overhead per bucket and tile
-    to subtract from the last: overhead per image as if every tile had 0 buckets. The filter merge costs
-    c_out * (C - G) * k^2 per tile, the scaled merge's factors at most 3 * (C - G) * region pixels.)"""
+def layer_constants(geo: Geometry, c_in: int, c_out: int, used_planes_nnz: int, hyperplanes: int, merge: str):
+    """(dense, per_sum, per_bucket, overhead_max) of one HASTE conv tiled as ``geo``, multiply-adds: per image
+    ``dense``, ``executed = per_sum * S0`` and ``overhead = overhead_max - per_bucket * S1`` where S0, S1 are the
+    image's ``tile_sums`` (buckets x valid output pixels, and buckets, summed over its tiles); ``haste.profile``
+    counts every call so (``haste.profile.Counted``).
+
+    Args:
+        used_planes_nnz: non-zero entries in the hyperplanes used (ternary: additions per channel).
+        hyperplanes: L.
+        merge: "mean" or "scaled" (adds the channel sums, C * region pixels, and the scale factors,
+            at most 3 * (C - G) * region pixels: dot products with the bucket mean and its norm).
+
+    Overhead per tile: projection (C * nnz), centring the projections (2 * C * L: mean over channels
+    and subtraction), sorting the codes (C * ceil(log2 C)), input merge (C * region pixels) and
+    filter merge (C_out * (C - G) * k^2): ``overhead_max`` is the overhead as if every tile had 0 buckets, and
+    each bucket saves ``per_bucket`` of it. Only the valid output pixels of edge tiles are counted for the
+    dense and merged convolutions (``per_sum = C_out * k^2`` multiply-adds per bucket and output pixel).
+    """
     kk = geo.kernel[0] * geo.kernel[1]
     valid_total = float(geo.valid_pixels().sum())
     region = geo.region[0] * geo.region[1]
@@ -58,36 +72,3 @@ def tile_sums(geo: Geometry, groups: torch.Tensor) -> list[list[float]]:
     """Per image [sum over tiles of buckets x valid output pixels, sum of buckets] from the
     (N * tiles,) buckets per tile (the CPU kernel returns these sums itself)."""
     return (groups.reshape(-1, geo.count).to(device="cpu", dtype=torch.float64) @ _tile_weights(geo)).tolist()
-
-
-def haste_flops(
-    geo: Geometry,
-    sums: list[list[float]],
-    *,
-    c_in: int,
-    c_out: int,
-    used_planes_nnz: int,
-    hyperplanes: int,
-    merge: str = "mean",
-) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Per-image (dense, executed, overhead, mean buckets per tile) of one HASTE conv, multiply-adds.
-
-    Args:
-        geo: the tiling.
-        sums: per image [sum of G x valid output pixels, sum of G] over its tiles (``tile_sums``).
-        used_planes_nnz: non-zero entries in the hyperplanes used (ternary: additions per channel).
-        hyperplanes: L.
-        merge: "mean" or "scaled" (adds the channel sums, C * region pixels, and the scale factors,
-            at most 3 * (C - G) * region pixels: dot products with the bucket mean and its norm).
-
-    Overhead per tile: projection (C * nnz), centring the projections (2 * C * L: mean over channels
-    and subtraction), sorting the codes (C * ceil(log2 C)), input merge (C * region pixels) and
-    filter merge (C_out * (C - G) * k^2). Only the valid output pixels of edge tiles are counted for
-    the dense and merged convolutions.
-    """
-    # c_out * k^2 multiply-adds per bucket and output pixel; each bucket also saves c_out * k^2 filter-merge adds
-    dense, out_kk, per_bucket, overhead_max = _layer_constants(geo, c_in, c_out, used_planes_nnz, hyperplanes, merge)
-    executed = [out_kk * gv for gv, _ in sums]
-    overhead = [overhead_max - per_bucket * g for _, g in sums]
-    buckets = [g / geo.count for _, g in sums]
-    return [dense] * len(sums), executed, overhead, buckets

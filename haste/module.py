@@ -13,10 +13,10 @@ from . import engine
 from . import levels as _levels
 from . import options as _options
 from . import plans as _plans
-from .flops import conv_flops, haste_flops, tile_sums
+from .flops import conv_flops, layer_constants, tile_sums
 from .functional import conv_padding
 from .lsh import sample_hyperplanes
-from .profile import active
+from .profile import Counted, active
 from .tiles import Geometry, geometry
 
 _EXPORT_ERROR = (
@@ -346,24 +346,50 @@ class HasteConv2d(nn.Module):
             conv = self.conv
             return conv._conv_forward(x, conv.weight, conv.bias)
         call = self._calls.get((setting.level, setting.hyperplanes, x.shape))
-        if call is not None and active() is None and not _capturing():
-            hyperplanes, weight, bias, key, args = call
+        if call is not None and not _capturing():
+            hyperplanes, weight, bias, key, args, counted = call
+            collector = active()
             conv = self.conv
             if not hyperplanes:  # dense: the conv's own weights; the engine matters only to a plan
                 if not self.plans or engine.runs_cpu(x, conv.weight):
-                    return self._normed(conv._conv_forward(x, conv.weight, conv.bias), setting)
+                    y = conv._conv_forward(x, conv.weight, conv.bias)
+                    if collector is not None:
+                        collector.count(self, counted, None, x.shape[0])
+                    return self._normed(y, setting)
             else:
                 bn = self._foldable() if self._batchnorm else None
                 if (
                     conv.weight is weight and conv.bias is bias and _weights_key(weight, bias, bn) == key
                     and engine.runs_cpu(x, weight)
                 ):  # fmt: skip
-                    y = engine.cpu_conv2d(x, *args)[0]
+                    y, _, sums = engine.cpu_conv2d(x, *args)
+                    if collector is not None:
+                        collector.count(self, counted, sums, x.shape[0])
                     return y if bn is not None else self._normed(y, setting)
         return self._forward(x, setting)
 
+    def _counted(self, geo: Geometry | None, hyperplanes: int, y: torch.Tensor) -> Counted:
+        """How this layer's calls on inputs tiled as ``geo`` with ``hyperplanes`` count in a profile (``Counted``;
+        ``y``: the output, for a dense call's count)."""
+        conv = self.conv
+        if not hyperplanes:
+            dense = float(conv_flops(conv, y))
+            return Counted(self.name, "haste", dense, fixed=dense, channels=conv.in_channels)
+        dense, per_sum, per_bucket, overhead_max = layer_constants(
+            geo, conv.in_channels, conv.out_channels, self._nnz[hyperplanes], hyperplanes, self.merge
+        )
+        return Counted(
+            self.name, "haste", dense, per_sum=per_sum, overhead_max=overhead_max, per_bucket=per_bucket,
+            tiles=geo.count, hyperplanes=hyperplanes, channels=conv.in_channels,
+        )  # fmt: skip
+
     def _remember(
-        self, setting: _levels.Setting, x: torch.Tensor, hyperplanes: int, bn: nn.BatchNorm2d | None = None
+        self,
+        setting: _levels.Setting,
+        x: torch.Tensor,
+        hyperplanes: int,
+        counted: Counted,
+        bn: nn.BatchNorm2d | None = None,
     ) -> None:
         """Keep this call for ``forward``'s fast path: a HASTE call that ran on the CPU engine, with the weight,
         bias and folded BatchNorm ``bn`` it ran with (``_weights_key``, as ``_cpu_operands`` checks them), or a
@@ -378,13 +404,13 @@ class HasteConv2d(nn.Module):
                 return
             weight_t, bias, planes, scale = self._cpu_operands(hyperplanes, bn)
             args = (weight_t, bias, planes, *self._static, scale)
-            entry = (hyperplanes, weight, conv.bias, _weights_key(weight, conv.bias, bn), args)
+            entry = (hyperplanes, weight, conv.bias, _weights_key(weight, conv.bias, bn), args, counted)
         elif (x.shape[2] * x.shape[3] <= _DENSE_NCHW_MAX_PIXELS and weight.is_contiguous()) or (
             self.plans and not engine.runs_cpu(x, weight)
         ):
             return
         else:
-            entry = (0, None, None, None, ())
+            entry = (0, None, None, None, (), counted)
         self._calls[(setting.level, setting.hyperplanes, x.shape)] = entry
 
     def _forward(self, x: torch.Tensor, setting: _levels.Setting) -> torch.Tensor:
@@ -401,14 +427,15 @@ class HasteConv2d(nn.Module):
                 x.dim() == 4 and x.shape[2] * x.shape[3] <= _DENSE_NCHW_MAX_PIXELS and _channels_last_only(x)
                 and conv.weight.is_contiguous()
             ):  # fmt: skip
-                x = x.contiguous()  # a HASTE layer's channels-last output into an NCHW model: NCHW is faster here
-            elif collector is None and x.dim() == 4:
-                self._remember(setting, x, 0)
+                x, remember = x.contiguous(), False  # a HASTE layer's channels-last output into an NCHW model
+            else:
+                remember = x.dim() == 4
             y = conv._conv_forward(x, conv.weight, conv.bias)  # what conv(x) runs, without a 2nd module call
+            counted = self._counted(None, 0, y)
+            if remember:
+                self._remember(setting, x, 0, counted)
             if collector is not None:
-                n = y.shape[0] if y.dim() == 4 else 1
-                per = [float(conv_flops(conv, y))] * n
-                collector.record(self, self.name, "haste", per, per, [0.0] * n, channels=conv.in_channels)
+                collector.count(self, counted, None, y.shape[0] if y.dim() == 4 else 1)
             return self._normed(y, setting)
         if torch.jit.is_tracing() or torch.compiler.is_exporting():
             raise RuntimeError(_EXPORT_ERROR.format(layer=self.name))
@@ -432,10 +459,8 @@ class HasteConv2d(nn.Module):
             y, _, sums = engine.cpu_conv2d(x, weight_t, bias, planes, *self._static, scale)
             if bn is None:
                 y = self._normed(y, setting)
-            if collector is None:
-                self._remember(setting, x, hyperplanes, bn)
-                return y
-            sums = sums.tolist()
+            counted = self._counted(geo, hyperplanes, y)
+            self._remember(setting, x, hyperplanes, counted, bn)
         else:
             result = engine.conv2d(
                 x, weight, self.conv.bias, stride=self.conv.stride, padding=self.padding, patch=self.patch_size,
@@ -444,13 +469,8 @@ class HasteConv2d(nn.Module):
             y = self._normed(result.output, setting)
             if collector is None:
                 return y
-            sums = tile_sums(geo, result.groups)
-        dense, executed, overhead, buckets = haste_flops(
-            geo, sums, c_in=self.conv.in_channels, c_out=self.conv.out_channels,
-            used_planes_nnz=self._nnz[hyperplanes], hyperplanes=hyperplanes, merge=self.merge,
-        )  # fmt: skip
-        collector.record(
-            self, self.name, "haste", dense, executed, overhead,
-            hyperplanes=hyperplanes, buckets=buckets, channels=self.conv.in_channels,
-        )  # fmt: skip
+            counted = self._counted(geo, hyperplanes, y)
+            sums = torch.tensor(tile_sums(geo, result.groups), dtype=torch.float64).reshape(-1, 2)
+        if collector is not None:
+            collector.count(self, counted, sums, x.shape[0])
         return y

@@ -128,14 +128,48 @@ class Report:
         }
 
 
+@dataclass(frozen=True)
+class Counted:
+    """How a layer's calls count, given a call's per-image sums (``haste.flops.tile_sums``' columns: (N, 2)
+    float64; None for a dense call): per image ``dense``, ``executed = per_sum * sums[:, 0] + fixed`` and
+    ``overhead = overhead_max - per_bucket * sums[:, 1]``; ``buckets`` per image ``sums[:, 1] / tiles`` (a dense
+    call: ``executed = fixed = dense``, no overhead, ``channels`` buckets). ``_Collector.count`` records a call
+    as (Counted, sums, images) and ``settle`` turns a forward's calls into FLOPs together."""
+
+    name: str
+    kind: str
+    dense: float
+    per_sum: float = 0.0
+    fixed: float = 0.0
+    overhead_max: float = 0.0
+    per_bucket: float = 0.0
+    tiles: int = 0
+    hyperplanes: int = 0
+    channels: int = 0
+
+    def lists(self, sums: torch.Tensor | None, n: int) -> tuple[list[float], list[float], list[float], list[float]]:
+        """Per-image (dense, executed, overhead, buckets) lists of a call of ``n`` images, as ``_Collector.add``
+        takes them."""
+        if sums is None:  # a dense call
+            return [self.dense] * n, [self.fixed] * n, [0.0] * n, [float(self.channels)] * n
+        rows = sums.tolist()
+        return (
+            [self.dense] * n, [self.per_sum * gv + self.fixed for gv, _ in rows],
+            [self.overhead_max - self.per_bucket * g for _, g in rows], [g / self.tiles for _, g in rows],
+        )  # fmt: skip
+
+
 class _Collector:
     def __init__(self, model: nn.Module, report: Report, parent: _Collector | None) -> None:
         self.model = model
         self.report = report
         self.parent = parent  # the enclosing profile's collector: it also counts what this one sees
         self.pending: list[list[float]] | None = None  # per image [dense, executed, overhead] of this forward
+        #: layer calls of this forward not yet turned into FLOPs (``settle``): (Counted, sums or None, images)
+        self.counted: list[tuple[Counted, torch.Tensor | None, int]] = []
         self._names: dict[int, str] | None = None  # dense layers' names, built when the first one runs
-        self._members: set[int] | None = None  # ids of the model's modules, built when a HASTE layer runs
+        self._members: set[int] | None = None  # ids of the model's modules, built if ``owns`` needs them
+        self._owned: dict[int, bool] = {}  # id(module) -> part of the model (``owns``)
 
     def name(self, module: nn.Module) -> str | None:
         """Qualified name of a dense Conv2d/Linear of the model (None if it is not part of it)."""
@@ -144,10 +178,25 @@ class _Collector:
         return self._names.get(id(module))
 
     def owns(self, module: nn.Module) -> bool:
-        """Whether ``module`` is part of this profile's model."""
-        if self._members is None:
-            self._members = {id(m) for m in self.model.modules()}
-        return id(module) in self._members
+        """Whether ``module`` is part of this profile's model: a HASTE layer of the model ``haste.convert`` converted
+        at once, one found under its own name next, anything else by the set of the model's modules (a walk over
+        them costs about 0.6 ms for a ResNet34, and the service opens a profile per batch)."""
+        known = self._owned.get(id(module))
+        if known is None:
+            if module.__dict__.get("converted_in") == id(self.model):  # the model haste.convert converted
+                self._owned[id(module)] = True
+                return True
+            name = getattr(module, "name", "")
+            try:
+                known = bool(name) and self.model.get_submodule(name) is module
+            except AttributeError:
+                known = False
+            if not known:
+                if self._members is None:
+                    self._members = {id(m) for m in self.model.modules()}
+                known = id(module) in self._members
+            self._owned[id(module)] = known
+        return known
 
     def is_active(self) -> bool:
         """Whether this profile is open in the current context (the innermost one or an enclosing one)."""
@@ -156,14 +205,61 @@ class _Collector:
             collector = collector.parent
         return collector is self
 
-    def record(self, module: nn.Module, name: str, kind: str, dense, executed, overhead, **stats) -> None:
-        """Add one call of HASTE layer ``module`` to this profile and the enclosing ones, where it is part of
-        their model (``add``)."""
+    def count(self, module: nn.Module, counted: Counted, sums: torch.Tensor | None, images: int) -> None:
+        """Add one call of ``images`` images of a layer by its per-image ``sums`` (the serving path: a list append
+        per layer; ``settle`` turns the forward's calls into FLOPs together) to this profile and the enclosing ones
+        that hold ``module``."""
         collector = self
         while collector is not None:
             if collector.owns(module):
-                collector.add(name, kind, dense, executed, overhead, **stats)
+                collector.report.layers.setdefault(counted.name, LayerStats(kind=counted.kind))  # in call order
+                collector.counted.append((counted, sums, images))
             collector = collector.parent
+
+    def settle(self) -> None:
+        """Turn the layer calls recorded by ``count`` into FLOPs: per-image rows and per-layer totals (each call
+        through ``add`` when their batch sizes differ)."""
+        calls, self.counted = self.counted, []
+        if not calls:
+            return
+        n = len(self.pending) if self.pending else calls[0][2]
+        if any(images != n for _, _, images in calls):  # a model splitting its batch: spread as ``add`` does
+            for c, sums, images in calls:
+                dense, executed, overhead, buckets = c.lists(sums, images)
+                self.add(c.name, c.kind, dense, executed, overhead, hyperplanes=c.hyperplanes, buckets=buckets,
+                         channels=c.channels)  # fmt: skip
+            return
+        dense = 0.0
+        executed, overhead = [0.0] * n, [0.0] * n
+        for c, sums, _ in calls:
+            stats = self.report.layers.setdefault(c.name, LayerStats(kind=c.kind))
+            stats.images += n
+            stats.dense += c.dense * n
+            stats.hyperplanes = c.hyperplanes
+            stats.channels = c.channels
+            dense += c.dense
+            if sums is None:  # a dense call
+                stats.executed += c.fixed * n
+                stats.buckets += c.channels * n
+                for i in range(n):
+                    executed[i] += c.fixed
+                continue
+            g_total = 0.0
+            for i, (gv, g) in enumerate(sums.tolist()):
+                ex, ov = c.per_sum * gv + c.fixed, c.overhead_max - c.per_bucket * g
+                executed[i] += ex
+                overhead[i] += ov
+                stats.executed += ex
+                stats.overhead += ov
+                g_total += g
+            stats.buckets += g_total / c.tiles
+        if not self.pending:
+            self.pending = [[dense, ex, ov] for ex, ov in zip(executed, overhead)]
+            return
+        for acc, ex, ov in zip(self.pending, executed, overhead):
+            acc[0] += dense
+            acc[1] += ex
+            acc[2] += ov
 
     def add(self, name: str, kind: str, dense, executed, overhead, *, hyperplanes=0, buckets=None, channels=0):
         """Record per-image lists (floats, one per image) of one layer call. A layer that sees another batch
@@ -193,6 +289,7 @@ class _Collector:
 
     def flush(self) -> None:
         """Close the current forward: its per-image rows go to the report."""
+        self.settle()
         if self.pending is not None:
             self.report.per_image.extend(tuple(row) for row in self.pending)
             self.report.images += len(self.pending)

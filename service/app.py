@@ -15,13 +15,12 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
 from fastapi import FastAPI
 from opentelemetry.trace import TracerProvider
 
 import haste
 
-from . import docs, errors, oip, registry, tracing
+from . import docs, errors, oip, registry, threads, tracing
 from .batching import Batcher
 from .metrics import Metrics
 from .middleware import RequestIdMiddleware
@@ -45,10 +44,10 @@ route also answers HEAD.
 
 async def _start(state: ServiceState) -> None:
     settings = state.settings
-    torch.set_num_threads(settings.torch_threads)
+    threads.one_thread()  # the event loop's thread: the models' worker threads run inference (service.threads)
     device = registry.resolve_device(settings.device)
     for name in settings.models:
-        served = await asyncio.to_thread(registry.load, name, settings, device)
+        served = await asyncio.to_thread(threads.loaded_with_one_thread, registry.load, name, settings, device)
         state.models[name] = served
         state.metrics.model_info.labels(name, served.version, str(device)).set(1)
         state.metrics.queue_depth.labels(name).set(0)
@@ -66,7 +65,9 @@ async def _start(state: ServiceState) -> None:
                 state.metrics.flops_saved,
             ):
                 metric.labels(name, level)
-    state.decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="haste-decode")
+    state.decoder = ThreadPoolExecutor(
+        settings.decode_threads, thread_name_prefix="haste-decode", initializer=threads.one_thread
+    )
     for name, served in state.models.items():
         state.batchers[name] = Batcher(served, settings, state.metrics, state.warm_lock)
         state.batchers[name].start()
