@@ -467,6 +467,23 @@ def levels_section(
     return "\n".join(lines)
 
 
+def loadtest_section(model: str = REFERENCE) -> str:
+    """The service under a real load generator: requests/s per level and concurrency, as ratios to level off
+    (results/loadtest-MODEL.json, written by scripts/loadtest.py), and its plot."""
+    from loadtest import markdown  # scripts/loadtest.py, beside this script
+
+    report = json.loads((RESULTS / f"loadtest-{model}.json").read_text())
+    settings = ", ".join(f"{k}={v}" for k, v in report["server"]["settings"].items()) or "default settings"
+    return "\n".join([
+        f"`haste serve` on `{model}` ({report['server']['engine']} engine, {settings}) under {report['tool']}: "
+        f"{report['protocol']}; client and server on the 2-core machine. `python scripts/{report['command']}`:",
+        "",
+        markdown(report),
+        "",
+        f"![requests/s by level and concurrency](results/loadtest-{model}.png)",
+    ])  # fmt: skip
+
+
 def settings_section() -> str:
     """The service's settings as a table: variable, default, accepted values, meaning (service/settings.py)."""
     from service.settings import Settings
@@ -533,6 +550,8 @@ def targets() -> list[tuple[Path, str, typing.Callable[[], str]]]:
     """(file, section name, generator) of every generated section."""
     return [
         (ROOT / "README.md", "levels", levels_section),
+        (ROOT / "README.md", "loadtest", loadtest_section),
+        (DOCS / "service.md", "loadtest", lambda: loadtest_section().replace("](results/", "](../results/")),
         (DOCS / "results.md", "results", section),
         (DOCS / "settings.md", "settings", settings_section),
         (DOCS / "library.md", "options", options_section),

@@ -123,3 +123,35 @@ def test_overhead_per_tile_follows_the_documented_count(merge):
         expected += tiles * c * d + 3 * d * (tiles * c - g)
     assert stats.overhead_flops == pytest.approx(expected)
     assert stats.executed_flops == pytest.approx(c_out * kk * g * 16)
+
+
+def test_profile_of_a_model_that_splits_its_batch_counts_every_call():
+    """A HASTE layer called on parts of the batch (another batch size than the forward's first layer): its calls'
+    FLOPs are all counted, spread evenly over the forward's images, as for the dense layers."""
+    from torch import nn
+
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            y = self.stem(x)
+            return torch.cat([self.conv(y[:1]), self.conv(y[1:])])
+
+    model = haste.convert(Split().eval())
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad(), haste.compression(hyperplanes=4):
+        with haste.profile(model) as whole:
+            model(x)
+        y = model.stem(x)
+        with haste.profile(model.conv) as first:
+            model.conv(y[:1])
+        with haste.profile(model.conv) as rest:
+            model.conv(y[1:])
+    stats = whole.layers["conv"]
+    assert stats.images == 3 and len(whole.per_image) == 3
+    expected = first.layers["conv"].executed + rest.layers["conv"].executed
+    assert stats.executed == pytest.approx(expected)
+    assert sum(row[1] for row in whole.per_image) == pytest.approx(expected + whole.layers["stem"].executed)
