@@ -227,8 +227,9 @@ class HasteConv2d(nn.Module):
         self._cpu_cache: tuple | None = None  # see _cpu_operands
         self._batchnorm = () if batchnorm is None else (batchnorm,)  # a tuple: not a submodule
         self._folded: tuple | None = None  # (weights and BatchNorm key, scale, shift): see _cpu_operands
-        #: (level, hyperplanes, input shape) -> (weight, its version, bias, hyperplanes, kernel arguments): what an
-        #: unprofiled CPU call runs, looked up once per key (see forward); cleared with the weight cache
+        #: (level, hyperplanes, input shape) -> (hyperplanes, weight, bias, weights key, kernel arguments, Counted):
+        #: what a CPU call runs and how a profile counts it, looked up once per key (see forward); cleared with the
+        #: weight cache
         self._calls: dict[tuple, tuple] = {}
         self._geometry: dict[tuple[int, int], Geometry] = {}
         self._static = (conv.kernel_size, conv.stride, self.padding, patch_size, merge == "scaled", conv.out_channels)
@@ -335,8 +336,9 @@ class HasteConv2d(nn.Module):
         return self.levels[setting.level]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The serving case first: an unprofiled float32 CPU call this layer has run before with this level and
-        # input shape runs what it ran then, after checking only that the weight is the same. Each step skipped
+        # The serving case first: a float32 CPU call this layer has run before with this level and input shape runs
+        # what it ran then, after checking only that the weights (and a folded BatchNorm) are the same, and a
+        # profile counts it by the kernel's per-image sums (haste.profile.Counted). Each step skipped
         # here touches Python objects that the kernel's previous call pushed out of the caches: the full path
         # below cost about 45 us more per call than the kernel itself (fmnist-resnet34, batch 1).
         setting = _levels.current()
