@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -23,9 +24,11 @@ import torch
 from haste import zoo
 from haste.convert import convert
 from haste.options import Options
+from haste_lab import layout
 from haste_lab.bench import _real_images
 from haste_lab.evaluate import dense_copy
-from haste_lab.layer_times import forward_at, seconds
+from haste_lab.interleaved import interleaved_times
+from haste_lab.layer_times import forward_at
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--threads", type=int, default=2)
+    layout.add_argument(p)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -60,15 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             points.append({"setting": f"plan {row['level']}@{args.batch}", "family": "level plans (measured)",
                            "drop": row["calibration_drop"], "flops_ratio": 1 - row["saving"],
                            "latency_ratio": row["latency_ratio"]})  # fmt: skip
-    keys = list(models)
-    times: dict[str, list[float]] = {k: [] for k in keys}
+    models = {k: layout.in_layout(m.eval(), args.layout) for k, m in models.items()}
+    x = layout.in_layout(x, args.layout)
     with torch.inference_mode():
-        for k in keys:
-            forward_at(models[k], x, "off" if k == "dense" else "high")
-        for r in range(args.rounds):
-            shift = r % len(keys)
-            for k in keys[shift:] + keys[:shift]:
-                times[k].append(seconds(lambda k=k: forward_at(models[k], x, "off" if k == "dense" else "high")))
+        runs = {k: (lambda m=m, lv="off" if k == "dense" else "high": forward_at(m, x, lv)) for k, m in models.items()}
+        times = interleaved_times(runs, rounds=args.rounds, warmup=1, rng=random.Random(0))
     med = {k: statistics.median(v) for k, v in times.items()}
     for point in points:
         if "latency_ratio" not in point:
@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "threads": args.threads,
         "drop_split": sweep["split"],
-        "protocol": f"{args.rounds} rounds, all settings interleaved (rotated), medians; plans' latency from "
+        "layout": args.layout,
+        "protocol": f"{args.layout}; {args.rounds} rounds, all settings interleaved in a new random order each round "
+        f"(seed 0), medians; plans' latency from "
         f"{args.plans.name} (timed by haste calibrate-plans)",
         "points": points,
         "command": " ".join(["python scripts/pareto.py", *sys.argv[1:]]),
@@ -110,6 +112,11 @@ def plot(report: dict, path: Path) -> None:
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"accuracy drop (points, {report['drop_split']} split)")
+    axes[0].set_yscale("symlog", linthresh=1.0)  # the budgets (0.5-2 points) next to the collapses (tens of points)
+    axes[0].set_ylim(bottom=0)
+    for budget in (0.5, 1.0, 2.0):
+        for ax in axes:
+            ax.axhline(budget, color="grey", linewidth=0.5, linestyle=":")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{report['model']}: accuracy drop vs latency and vs FLOPs")
     fig.tight_layout()
