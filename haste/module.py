@@ -390,30 +390,35 @@ class HasteConv2d(nn.Module):
         setting: _levels.Setting,
         x: torch.Tensor,
         hyperplanes: int,
-        counted: Counted,
+        geo: Geometry | None,
+        y: torch.Tensor,
         bn: nn.BatchNorm2d | None = None,
-    ) -> None:
+    ) -> Counted | None:
         """Keep this call for ``forward``'s fast path: a HASTE call that ran on the CPU engine, with the weight,
         bias and folded BatchNorm ``bn`` it ran with (``_weights_key``, as ``_cpu_operands`` checks them), or a
         dense call whose layout does not depend on the input's strides (a dense call of an NCHW model converting
-        small channels-last inputs is not kept) and, with plans, ran on the CPU engine's plan."""
+        small channels-last inputs is not kept) and, with plans, ran on the CPU engine's plan. Returns the call's
+        ``Counted`` (``_counted``: the call's ``geo`` and output ``y``) when it keeps the call, else None."""
         conv = self.conv
         weight = conv.weight
         if len(self._calls) >= _CALL_KEYS or _capturing():
-            return
+            return None
         if hyperplanes:
             if not engine.runs_cpu(x, weight):
-                return
+                return None
             weight_t, bias, planes, scale = self._cpu_operands(hyperplanes, bn)
             args = (weight_t, bias, planes, *self._static, scale)
+            counted = self._counted(geo, hyperplanes, y)
             entry = (hyperplanes, weight, conv.bias, _weights_key(weight, conv.bias, bn), args, counted)
         elif (x.shape[2] * x.shape[3] <= _DENSE_NCHW_MAX_PIXELS and weight.is_contiguous()) or (
             self.plans and not engine.runs_cpu(x, weight)
         ):
-            return
+            return None
         else:
+            counted = self._counted(None, 0, y)
             entry = (0, None, None, None, (), counted)
         self._calls[(setting.level, setting.hyperplanes, x.shape)] = entry
+        return counted
 
     def _forward(self, x: torch.Tensor, setting: _levels.Setting) -> torch.Tensor:
         if isinstance(x, _Proxy):  # torch.fx symbolic tracing: one call of this module (a leaf)
@@ -433,10 +438,9 @@ class HasteConv2d(nn.Module):
             else:
                 remember = x.dim() == 4
             y = conv._conv_forward(x, conv.weight, conv.bias)  # what conv(x) runs, without a 2nd module call
-            counted = self._counted(None, 0, y)
-            if remember:
-                self._remember(setting, x, 0, counted)
+            counted = self._remember(setting, x, 0, None, y) if remember else None
             if collector is not None:
+                counted = counted or self._counted(None, 0, y)
                 collector.count(self, counted, None, y.shape[0] if y.dim() == 4 else 1)
             return self._normed(y, setting)
         if torch.jit.is_tracing() or torch.compiler.is_exporting():
@@ -461,8 +465,10 @@ class HasteConv2d(nn.Module):
             y, _, sums = engine.cpu_conv2d(x, weight_t, bias, planes, *self._static, scale)
             if bn is None:
                 y = self._normed(y, setting)
-            counted = self._counted(geo, hyperplanes, y)
-            self._remember(setting, x, hyperplanes, counted, bn)
+            counted = self._remember(setting, x, hyperplanes, geo, y, bn)
+            if collector is None:
+                return y
+            counted = counted or self._counted(geo, hyperplanes, y)
         else:
             result = engine.conv2d(
                 x, weight, self.conv.bias, stride=self.conv.stride, padding=self.padding, patch=self.patch_size,
