@@ -172,14 +172,13 @@ def _batchnorms(
     the only reader of its output), for convs and BatchNorms registered under one name only; sets
     ``record.unfolded`` when the model cannot be traced."""
     pairs, record.unfolded = batchnorm_pairs(model)
-    names = {name for name, _ in model.named_modules(remove_duplicate=False)}
-    counts: dict[int, int] = {}
+    counts: dict[int, int] = {}  # names of each module
     for _, m in model.named_modules(remove_duplicate=False):
         counts[id(m)] = counts.get(id(m), 0) + 1
     norms = {}
     for _, name, conv in chosen:
         bn_name = pairs.get(name)
-        if bn_name is None or bn_name not in names or len(aliases[id(conv)]) != 1:
+        if bn_name is None or len(aliases[id(conv)]) != 1:
             continue
         bn = model.get_submodule(bn_name)
         if counts[id(bn)] == 1:

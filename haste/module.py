@@ -376,12 +376,12 @@ class HasteConv2d(nn.Module):
         conv = self.conv
         if not hyperplanes:
             dense = float(conv_flops(conv, y))
-            return Counted(self.name, "haste", dense, fixed=dense, channels=conv.in_channels)
+            return Counted(self.name, dense, fixed=dense, channels=conv.in_channels)
         dense, per_sum, per_bucket, overhead_max = layer_constants(
             geo, conv.in_channels, conv.out_channels, self._nnz[hyperplanes], hyperplanes, self.merge
         )
         return Counted(
-            self.name, "haste", dense, per_sum=per_sum, overhead_max=overhead_max, per_bucket=per_bucket,
+            self.name, dense, per_sum=per_sum, overhead_max=overhead_max, per_bucket=per_bucket,
             tiles=geo.count, hyperplanes=hyperplanes, channels=conv.in_channels,
         )  # fmt: skip
 

@@ -432,16 +432,10 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   const Epilogue ep{scale.numel() ? scale.data_ptr<float>() : nullptr, bias.numel() ? bias.data_ptr<float>() : nullptr};
   float* Y = y.data_ptr<float>();
   int* G = groups.data_ptr<int>();
-  // planes transposed to (d, lt): the entries of one region pixel side by side; scaled: plane L is all ones
-  // (the channel sums)
+  // projections per channel: the L planes, and for the scaled merge the channel sums as plane L
   const int64_t lt = L + (scaled ? 1 : 0);
   const int64_t cp = (c + W - 1) / W * W;  // channels rounded up to whole vectors
-  std::vector<float> rt(d * lt);
   const float* R = planes.data_ptr<float>();
-  for (int64_t i = 0; i < d; ++i) {
-    for (int64_t l = 0; l < L; ++l) rt[i * lt + l] = R[l * d + i];
-    if (scaled) rt[i * lt + L] = 1.f;
-  }
   // within-channel centring: <x - mean(x), R_l> = <x, R_l> - sum(x) / d * rowsum_l, positive above
   // kWithinTolerance * |sum(x)| * max|R| (haste.lsh.hash_codes_within)
   std::vector<float> rowsum(L, 0.f);
@@ -470,6 +464,15 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
         if (R[l * d + i] == -1.f) list.push_back(static_cast<int>(i));
     }
     begin[L] = static_cast<int>(list.size());
+  }
+  // other planes (Gaussian): transposed to (d, lt), the entries of one region pixel side by side (plane L all ones)
+  std::vector<float> rt;
+  if (!ternary) {
+    rt.resize(d * lt);
+    for (int64_t i = 0; i < d; ++i) {
+      for (int64_t l = 0; l < L; ++l) rt[i * lt + l] = R[l * d + i];
+      if (scaled) rt[i * lt + L] = 1.f;
+    }
   }
   const bool use_table = L <= kTableBits;
   const uint64_t keep = (uint64_t{1} << L) - 1;  // L <= 62
