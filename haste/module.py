@@ -39,7 +39,9 @@ _DENSE_NCHW_MAX_PIXELS = 64
 #: per key; the lookup itself is what a level whose plan is dense costs over off).
 _PLANNED_KEYS = 1024
 
-#: (level, hyperplanes, input shape) keys a layer remembers its CPU call for (``HasteConv2d._calls``).
+#: (level, hyperplanes, input shape) keys a layer remembers its call for (``HasteConv2d._calls``: (the kernel's
+#: kept ``Call`` or None for a dense call, the kernel build it was made with, whether the layer's BatchNorm runs
+#: after it, ``Counted``)).
 _CALL_KEYS = 64
 
 
@@ -349,25 +351,25 @@ class HasteConv2d(nn.Module):
             return conv._conv_forward(x, conv.weight, conv.bias)
         call = self._calls.get((setting.level, setting.hyperplanes, x.shape))
         if call is not None and not _capturing():
-            hyperplanes, weight, bias, key, args, counted = call
+            kept, kernel, normed, counted = call
             collector = active()
-            conv = self.conv
-            if not hyperplanes:  # dense: the conv's own weights; the engine matters only to a plan
+            if kept is None:  # dense: the conv's own weights; the engine matters only to a plan
+                conv = self.conv
                 if not self.plans or engine.runs_cpu(x, conv.weight):
                     y = conv._conv_forward(x, conv.weight, conv.bias)
                     if collector is not None:
                         collector.count(self, counted, None, x.shape[0])
                     return self._normed(y, setting)
-            else:
-                bn = self._foldable() if self._batchnorm else None
-                if (
-                    conv.weight is weight and conv.bias is bias and _weights_key(weight, bias, bn) == key
-                    and engine.runs_cpu(x, weight)
-                ):  # fmt: skip
-                    y, _, sums = engine.cpu_conv2d(x, *args)
-                    if collector is not None:
-                        collector.count(self, counted, sums, x.shape[0])
-                    return y if bn is not None else self._normed(y, setting)
+            elif engine.runs_kept(kernel):  # HASTE on the CPU kernel: it checks the weights and the input itself
+                if collector is None:
+                    y = kept.run(x)
+                    if y is not None:
+                        return self._normed(y, setting) if normed else y
+                else:
+                    out = kept.run(x, True)
+                    if out is not None:
+                        collector.count(self, counted, out[1], x.shape[0])
+                        return self._normed(out[0], setting) if normed else out[0]
         return self._forward(x, setting)
 
     def _counted(self, geo: Geometry | None, hyperplanes: int, y: torch.Tensor) -> Counted:
@@ -394,8 +396,9 @@ class HasteConv2d(nn.Module):
         y: torch.Tensor,
         bn: nn.BatchNorm2d | None = None,
     ) -> Counted | None:
-        """Keep this call for ``forward``'s fast path: a HASTE call that ran on the CPU engine, with the weight,
-        bias and folded BatchNorm ``bn`` it ran with (``_weights_key``, as ``_cpu_operands`` checks them), or a
+        """Keep this call for ``forward``'s fast path: a HASTE call that ran on the CPU engine, as the kernel's
+        ``Call`` holding its operands and checking the weight, bias and folded BatchNorm ``bn`` it ran with
+        (``_kept_checks``), or a
         dense call whose layout does not depend on the input's strides (a dense call of an NCHW model converting
         small channels-last inputs is not kept) and, with plans, ran on the CPU engine's plan. Returns the call's
         ``Counted`` (``_counted``: the call's ``geo`` and output ``y``) when it keeps the call, else None."""
@@ -407,18 +410,39 @@ class HasteConv2d(nn.Module):
             if not engine.runs_cpu(x, weight):
                 return None
             weight_t, bias, planes, scale = self._cpu_operands(hyperplanes, bn)
-            args = (weight_t, bias, planes, *self._static, scale)
+            guards, entries = self._kept_checks(bn)
+            kept = engine.kept_call(weight_t, bias, planes, *self._static, scale, guards, entries)
             counted = self._counted(geo, hyperplanes, y)
-            entry = (hyperplanes, weight, conv.bias, _weights_key(weight, conv.bias, bn), args, counted)
+            entry = (kept, engine.current_kernel(), bn is None and bool(self._batchnorm), counted)
         elif (x.shape[2] * x.shape[3] <= _DENSE_NCHW_MAX_PIXELS and weight.is_contiguous()) or (
             self.plans and not engine.runs_cpu(x, weight)
         ):
             return None
         else:
             counted = self._counted(None, 0, y)
-            entry = (0, None, None, None, (), counted)
+            entry = (None, None, False, counted)
         self._calls[(setting.level, setting.hyperplanes, x.shape)] = entry
         return counted
+
+    def _kept_checks(self, bn: nn.BatchNorm2d | None) -> tuple[list[torch.Tensor], list[tuple]]:
+        """What a kept CPU call (``engine.kept_call``) checks before it runs: (tensors that must keep their version
+        and data: the weight first, the bias, with a folded BatchNorm ``bn`` its statistics and parameters;
+        (dict, key, object) entries that must still hold: the conv's weight and bias, the BatchNorm's tensors, eps
+        and training flag) — what ``_weights_key`` and ``_foldable`` read."""
+        conv = self.conv
+        params = conv._parameters
+        guards = [params["weight"]] + ([params["bias"]] if params["bias"] is not None else [])
+        entries = [(params, "weight", params["weight"]), (params, "bias", params["bias"])]
+        if self._batchnorm:
+            norm = self._batchnorm[0]
+            entries.append((norm.__dict__, "training", norm.training))
+            for owner in (norm._buffers, norm._parameters):
+                entries += [(owner, k, v) for k, v in owner.items() if k != "num_batches_tracked"]
+            if bn is not None:
+                entries.append((norm.__dict__, "eps", norm.eps))
+                guards += [v for k, v in [*norm._buffers.items(), *norm._parameters.items()]
+                           if v is not None and k != "num_batches_tracked"]  # fmt: skip
+        return guards, entries
 
     def _forward(self, x: torch.Tensor, setting: _levels.Setting) -> torch.Tensor:
         if isinstance(x, _Proxy):  # torch.fx symbolic tracing: one call of this module (a leaf)

@@ -153,3 +153,65 @@ def test_no_fold_where_the_batchnorm_is_not_the_only_reader_or_the_model_cannot_
 def test_a_wrong_batchnorm_is_refused():
     with pytest.raises(ValueError, match="batchnorm must be an nn.BatchNorm2d over the conv's 8 output channels"):
         haste.HasteConv2d(nn.Conv2d(3, 8, 3), batchnorm=nn.BatchNorm2d(4))
+
+
+def _replace_conv_weight(model):
+    conv = model.layer1[0].conv1.conv
+    conv.weight = nn.Parameter(conv.weight.detach() * 2)
+
+
+def _replace_statistics(model):
+    bn = model.layer1[0].bn1
+    bn.running_mean = bn.running_mean + 0.3
+
+
+def _edit_eps(model):
+    model.layer1[0].bn1.eps = 0.5
+
+
+def _edit_weight_in_place(model):
+    with torch.no_grad():
+        model.layer2[0].conv2.conv.weight.mul_(-1)
+
+
+def _edit_affine_through_data(model):
+    model.layer1[1].bn2.weight.data = model.layer1[1].bn2.weight.data * 3
+
+
+def _train_the_batchnorm(model):
+    model.layer1[0].bn1.train()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [_replace_conv_weight, _replace_statistics, _edit_eps, _edit_weight_in_place, _edit_affine_through_data,
+     _train_the_batchnorm],
+)  # fmt: skip
+def test_a_kept_call_runs_again_only_while_what_it_read_is_unchanged(edit):
+    """A layer's kept CPU call (the serving path) checks the conv's and its BatchNorm's tensors, their replacement,
+    eps and the training flag: after each edit the converted model computes what the unfolded one does."""
+    dense = resnet()
+    folded = haste.convert(copy.deepcopy(dense))
+    unfolded = haste.convert(copy.deepcopy(dense), fold_batchnorm=False)
+    with torch.no_grad(), haste.compression("high"):
+        folded(X)
+        folded(X)  # the kept calls
+        for model in (folded, unfolded):
+            edit(model)
+        torch.testing.assert_close(folded(X), unfolded(X), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(folded(X), unfolded(X), rtol=1e-4, atol=1e-4)  # kept again after the edit
+
+
+def test_a_kept_call_steps_aside_for_gradients_and_a_forced_engine():
+    model = haste.convert(resnet())
+    x = X.clone().requires_grad_(True)
+    with haste.compression("high"):
+        with torch.no_grad():
+            model(X)
+            model(X)
+        model(x).sum().backward()  # the reference engine: differentiable
+        assert x.grad is not None and x.grad.abs().sum() > 0
+        with torch.no_grad():
+            with haste.engine.forced("reference"):
+                expected = model(X)
+            torch.testing.assert_close(model(X), expected, rtol=1e-4, atol=1e-4)

@@ -298,3 +298,26 @@ def cpu_conv2d(
 
 
 EMPTY = torch.empty(0)
+
+
+def kept_call(weight_t, bias, planes, kernel, stride, padding, patch, scaled, out_channels, scale, guards, entries):
+    """A HASTE layer's call kept for its fast path: the CPU kernel's ``Call`` with ``cpu_conv2d``'s operands, which
+    runs only while every (dict, key, object) of ``entries`` still holds that object and the ``guards`` tensors
+    (the weight first) keep their version and data (see haste_cpu.cpp). ``call.run(x)`` returns None when a check
+    fails, else the output; ``call.run(x, True)`` (output, per-image sums). Run it only while ``runs_kept(kernel)``
+    holds for the ``kernel`` (``current_kernel()``) it was made with."""
+    return _module.Call(
+        weight_t, bias, planes, [*kernel, *stride, *padding, patch], scaled, out_channels,
+        EMPTY if scale is None else scale, guards, entries,
+    )  # fmt: skip
+
+
+def current_kernel():
+    """The CPU kernel's build in use (None before it is built): what ``runs_kept`` compares a kept call's with."""
+    return _module
+
+
+def runs_kept(kernel) -> bool:
+    """Whether a call kept with ``kernel`` (``kept_call``) may run now: that build is still the one in use (not
+    swapped by ``using_kernel``) and no other engine is forced in this context."""
+    return kernel is _module and _forced.get() in (None, "cpu")

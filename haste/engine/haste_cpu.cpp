@@ -22,6 +22,7 @@
 #include <cstring>
 #include <memory>
 #include <numeric>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -388,6 +389,63 @@ constexpr float kWithinTolerance = 1e-5f;  // haste.lsh.WITHIN_TOLERANCE
 
 }  // namespace
 
+// What the kernel derives from the hyperplanes (L, d) (float, contiguous) and the merge: on every call of
+// haste_conv2d_cpu, once for a kept Call.
+struct Planes {
+  torch::Tensor planes;
+  int64_t L = 0, d = 0, lt = 0;  // lt: projections per channel: the L planes, and for the scaled merge the sums
+  bool scaled = false, ternary = true;
+  // within-channel centring (scaled): <x - mean(x), R_l> = <x, R_l> - sum(x) / d * rowsum_l, positive above
+  // kWithinTolerance * |sum(x)| * max|R| (haste.lsh.hash_codes_within)
+  std::vector<float> rowsum;
+  float rmax = 0.f;
+  // ternary planes: per plane the region pixels where it is +1, then those where it is -1
+  std::vector<int> list, begin, npos;
+  // other planes (Gaussian): transposed to (d, lt), the entries of one region pixel side by side (plane L all ones)
+  std::vector<float> rt;
+
+  Planes(torch::Tensor p, bool scaled_merge) : planes(std::move(p)), scaled(scaled_merge) {
+    TORCH_CHECK(planes.dim() == 2 && planes.scalar_type() == torch::kFloat && planes.is_contiguous(),
+                "planes: (L, d) float contiguous");
+    L = planes.size(0);
+    d = planes.size(1);
+    lt = L + (scaled ? 1 : 0);
+    TORCH_CHECK(L >= 1 && L <= 62, "1..62 hyperplanes");
+    const float* R = planes.data_ptr<float>();
+    rowsum.assign(L, 0.f);
+    if (scaled)
+      for (int64_t l = 0; l < L; ++l) {
+        float acc = 0.f;
+        for (int64_t i = 0; i < d; ++i) {
+          acc += R[l * d + i];
+          rmax = std::max(rmax, std::abs(R[l * d + i]));
+        }
+        rowsum[l] = acc;
+      }
+    for (int64_t i = 0; i < L * d && ternary; ++i) ternary = R[i] == 0.f || R[i] == 1.f || R[i] == -1.f;
+    begin.assign(L + 1, 0);
+    npos.assign(L, 0);
+    if (ternary) {
+      list.reserve(L * d);
+      for (int64_t l = 0; l < L; ++l) {
+        begin[l] = static_cast<int>(list.size());
+        for (int64_t i = 0; i < d; ++i)
+          if (R[l * d + i] == 1.f) list.push_back(static_cast<int>(i));
+        npos[l] = static_cast<int>(list.size()) - begin[l];
+        for (int64_t i = 0; i < d; ++i)
+          if (R[l * d + i] == -1.f) list.push_back(static_cast<int>(i));
+      }
+      begin[L] = static_cast<int>(list.size());
+    } else {
+      rt.resize(d * lt);
+      for (int64_t i = 0; i < d; ++i) {
+        for (int64_t l = 0; l < L; ++l) rt[i * lt + l] = R[l * d + i];
+        if (scaled) rt[i * lt + L] = 1.f;
+      }
+    }
+  }
+};
+
 // x: (N, C, H, W) float, channels-last (read in place) or another layout (made channels-last first). wt:
 // (ceil(O / 16), C, kh*kw, 16) float contiguous: the weight in panels of 16 output channels, zero beyond O
 // (haste.engine.weight_layout); o: output channels. planes: (L, rh*rw) float contiguous. bias: (O,) or empty.
@@ -397,18 +455,18 @@ constexpr float kWithinTolerance = 1e-5f;  // haste.lsh.WITHIN_TOLERANCE
 // its least-squares scale against the bucket mean; haste/functional.py) instead of the paper's (centred across
 // channels, plain sums).
 // Returns (y (N, O, Hout, Wout), groups (N*Th*Tw,) int32, sums (N, 2) float64: per image the sum over
-// tiles of buckets x valid output pixels and the sum of buckets).
-std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, torch::Tensor bias,
-                                            torch::Tensor planes, int64_t kh, int64_t kw, int64_t sh,
-                                            int64_t sw, int64_t pad_l, int64_t pad_r, int64_t pad_t,
-                                            int64_t pad_b, int64_t patch, bool scaled, int64_t o,
-                                            torch::Tensor scale) {
+// tiles of buckets x valid output pixels and the sum of buckets; groups and sums undefined without want_sums).
+std::vector<torch::Tensor> haste_conv2d(torch::Tensor x, const torch::Tensor& wt, const torch::Tensor& bias,
+                                        const Planes& P, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pad_l,
+                                        int64_t pad_r, int64_t pad_t, int64_t pad_b, int64_t patch, int64_t o,
+                                        const torch::Tensor& scale, bool want_sums) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat, "x: float NCHW");
   STAGE_START
   x = x.contiguous(at::MemoryFormat::ChannelsLast);  // no copy when it is channels-last already
-  TORCH_CHECK(wt.is_contiguous() && planes.is_contiguous(), "wt and planes must be contiguous");
+  TORCH_CHECK(wt.is_contiguous(), "wt must be contiguous");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  const int64_t kk = kh * kw, L = planes.size(0);
+  const int64_t kk = kh * kw, L = P.L, lt = P.lt;
+  const bool scaled = P.scaled, ternary = P.ternary;
   const int64_t hout = (h + pad_t + pad_b - kh) / sh + 1, wout = (w + pad_l + pad_r - kw) / sw + 1;
   TORCH_CHECK(hout >= 1 && wout >= 1, "input smaller than the kernel");
   TORCH_CHECK(wt.dim() == 4 && wt.size(0) == (o + kPanel - 1) / kPanel && wt.size(1) == c && wt.size(2) == kk &&
@@ -416,14 +474,14 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
               "wt must be (ceil(O/16), C, kh*kw, 16)");
   const int64_t ps = c * kk * kPanel;  // panel stride
   const int64_t rh = (patch - 1) * sh + kh, rw = (patch - 1) * sw + kw, d = rh * rw;
-  TORCH_CHECK(planes.size(1) == d, "planes must have region_h * region_w columns");
-  TORCH_CHECK(L >= 1 && L <= 62, "1..62 hyperplanes");
+  TORCH_CHECK(P.d == d, "planes must have region_h * region_w columns");
   TORCH_CHECK(c >= 1 && patch >= 1, "empty input or patch");
   const int64_t th = (hout + patch - 1) / patch, tw = (wout + patch - 1) / patch, tiles = th * tw;
   // output channels-last (N, Hout, Wout, O) memory, returned as a logical NCHW tensor (measured: writing NCHW
   // through a per-tile block for NCHW inputs made the width-32 ResNet34 5-9% slower at batch 1, equal at 32)
-  auto y = torch::empty({n, hout, wout, o}, x.options());
-  auto groups = torch::empty({n * tiles}, x.options().dtype(torch::kInt));
+  auto y = torch::empty({n, o, hout, wout}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  torch::Tensor groups;  // buckets per tile: for the sums
+  if (want_sums) groups = torch::empty({n * tiles}, x.options().dtype(torch::kInt));
   const float* X = x.data_ptr<float>();
   const float* WT = wt.data_ptr<float>();
   TORCH_CHECK((bias.numel() == 0 || bias.numel() == o) && (scale.numel() == 0 || scale.numel() == o) &&
@@ -431,49 +489,14 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
               "bias and scale: (O,) contiguous or empty");
   const Epilogue ep{scale.numel() ? scale.data_ptr<float>() : nullptr, bias.numel() ? bias.data_ptr<float>() : nullptr};
   float* Y = y.data_ptr<float>();
-  int* G = groups.data_ptr<int>();
-  // projections per channel: the L planes, and for the scaled merge the channel sums as plane L
-  const int64_t lt = L + (scaled ? 1 : 0);
+  int* G = want_sums ? groups.data_ptr<int>() : nullptr;
   const int64_t cp = (c + W - 1) / W * W;  // channels rounded up to whole vectors
-  const float* R = planes.data_ptr<float>();
-  // within-channel centring: <x - mean(x), R_l> = <x, R_l> - sum(x) / d * rowsum_l, positive above
-  // kWithinTolerance * |sum(x)| * max|R| (haste.lsh.hash_codes_within)
-  std::vector<float> rowsum(L, 0.f);
-  float rmax = 0.f;
-  if (scaled)
-    for (int64_t l = 0; l < L; ++l) {
-      float acc = 0.f;
-      for (int64_t i = 0; i < d; ++i) {
-        acc += R[l * d + i];
-        rmax = std::max(rmax, std::abs(R[l * d + i]));
-      }
-      rowsum[l] = acc;
-    }
-  // ternary planes: per plane the region pixels where it is +1, then those where it is -1
-  bool ternary = true;
-  for (int64_t i = 0; i < L * d && ternary; ++i) ternary = R[i] == 0.f || R[i] == 1.f || R[i] == -1.f;
-  std::vector<int> list, begin(L + 1, 0), npos(L, 0);
-  if (ternary) {
-    list.reserve(L * d);
-    for (int64_t l = 0; l < L; ++l) {
-      begin[l] = static_cast<int>(list.size());
-      for (int64_t i = 0; i < d; ++i)
-        if (R[l * d + i] == 1.f) list.push_back(static_cast<int>(i));
-      npos[l] = static_cast<int>(list.size()) - begin[l];
-      for (int64_t i = 0; i < d; ++i)
-        if (R[l * d + i] == -1.f) list.push_back(static_cast<int>(i));
-    }
-    begin[L] = static_cast<int>(list.size());
-  }
-  // other planes (Gaussian): transposed to (d, lt), the entries of one region pixel side by side (plane L all ones)
-  std::vector<float> rt;
-  if (!ternary) {
-    rt.resize(d * lt);
-    for (int64_t i = 0; i < d; ++i) {
-      for (int64_t l = 0; l < L; ++l) rt[i * lt + l] = R[l * d + i];
-      if (scaled) rt[i * lt + L] = 1.f;
-    }
-  }
+  const std::vector<float>& rowsum = P.rowsum;
+  const float rmax = P.rmax;
+  const std::vector<int>& list = P.list;
+  const std::vector<int>& begin = P.begin;
+  const std::vector<int>& npos = P.npos;
+  const std::vector<float>& rt = P.rt;
   const bool use_table = L <= kTableBits;
   const uint64_t keep = (uint64_t{1} << L) - 1;  // L <= 62
   const int64_t fo = kk * kPanel;  // floats of one channel's (or bucket's) rows in one panel
@@ -607,7 +630,7 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
       }
       ng = g + 1;
     }
-    G[t] = ng;
+    if (G) G[t] = ng;
     // members of every bucket, contiguous in s.order: bucket b owns order[first[b] .. first[b+1])
     std::fill(s.count.begin(), s.count.begin() + ng + 1, 0);
     for (int64_t ch = 0; ch < c; ++ch) s.count[s.bucket[ch] + 1] += 1;
@@ -736,9 +759,10 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
   }
   STAGE(kLoop)
   // per image: sum over tiles of buckets x valid output pixels, and of buckets (FLOPs accounting)
-  auto sums = torch::empty({n, 2}, x.options().dtype(torch::kDouble));
-  double* S = sums.data_ptr<double>();
-  for (int64_t img = 0; img < n; ++img) {
+  torch::Tensor sums;
+  if (want_sums) sums = torch::empty({n, 2}, x.options().dtype(torch::kDouble));
+  double* S = want_sums ? sums.data_ptr<double>() : nullptr;
+  for (int64_t img = 0; img < n && want_sums; ++img) {
     double gv = 0, g = 0;
     for (int64_t ty = 0; ty < th; ++ty)
       for (int64_t tx = 0; tx < tw; ++tx) {
@@ -749,10 +773,85 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
     S[2 * img] = gv;
     S[2 * img + 1] = g;
   }
-  auto out = y.permute({0, 3, 1, 2});
   STAGE(kFinish)
-  return {out, groups, sums};
+  return {y, groups, sums};
 }
+
+// The kernel with the planes given as a tensor (derived on every call): the engine's ``cpu_conv2d``.
+std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, torch::Tensor bias,
+                                            torch::Tensor planes, int64_t kh, int64_t kw, int64_t sh,
+                                            int64_t sw, int64_t pad_l, int64_t pad_r, int64_t pad_t,
+                                            int64_t pad_b, int64_t patch, bool scaled, int64_t o,
+                                            torch::Tensor scale) {
+  STAGE_START
+  const Planes P(planes, scaled);
+  STAGE(kPrepare)
+  return haste_conv2d(x, wt, bias, P, kh, kw, sh, sw, pad_l, pad_r, pad_t, pad_b, patch, o, scale, true);
+}
+
+// One HASTE layer's call on the CPU kernel, kept by the layer for inputs of one shape at one level (the serving
+// path): the kernel's operands, and what must not have changed since they were made, checked on every call in C++
+// (in Python these checks cost more than the rest of the layer's Python: ~20 us per call at batch 1, the kernel
+// having pushed the Python objects they read out of the caches):
+// - entries: (dict, key, object) triples: dict[key] must still be that object (a module's "weight" parameter,
+//   a BatchNorm's buffers, its "training" flag);
+// - guards: tensors whose version counter and data pointer must be unchanged (edits in place, ``.data = ...``);
+// - the input: a float32 CPU tensor of 4 dimensions, and no gradient needed (grad mode off, or neither the input
+//   nor the weight requiring one).
+// run(x, sums) returns None when a check fails (the layer then takes its general path and makes a new call),
+// else the output, or (output, per-image sums) with ``sums``.
+class Call {
+ public:
+  Call(torch::Tensor wt, torch::Tensor bias, torch::Tensor planes, std::vector<int64_t> geometry, bool scaled,
+       int64_t o, torch::Tensor scale, std::vector<torch::Tensor> guards, py::list entries)
+      : wt_(std::move(wt)), bias_(std::move(bias)), planes_(std::move(planes), scaled), scale_(std::move(scale)),
+        geometry_(std::move(geometry)), o_(o), guards_(std::move(guards)) {
+    TORCH_CHECK(geometry_.size() == 9, "geometry: kh, kw, sh, sw, pad_l, pad_r, pad_t, pad_b, patch");
+    TORCH_CHECK(!guards_.empty(), "guards: the weight first");
+    for (const auto& g : guards_) {
+      versions_.push_back(g._version());
+      pointers_.push_back(g.data_ptr());
+    }
+    for (const auto& e : entries) {
+      auto t = e.cast<py::tuple>();
+      TORCH_CHECK(t.size() == 3 && PyDict_Check(t[0].ptr()), "entries: (dict, key, object) triples");
+      entries_.emplace_back(t[0].cast<py::object>(), t[1].cast<py::object>(), t[2].cast<py::object>());
+    }
+  }
+
+  py::object run(const torch::Tensor& x, bool sums) const {
+    if (!x.defined() || !x.device().is_cpu() || x.scalar_type() != torch::kFloat || x.dim() != 4) return py::none();
+    if (at::GradMode::is_enabled() && (x.requires_grad() || guards_[0].requires_grad())) return py::none();
+    for (const auto& [dict, key, expected] : entries_) {
+      PyObject* now = PyDict_GetItemWithError(dict.ptr(), key.ptr());  // borrowed
+      if (now != expected.ptr()) {
+        PyErr_Clear();
+        return py::none();
+      }
+    }
+    for (size_t i = 0; i < guards_.size(); ++i)
+      if (guards_[i]._version() != versions_[i] || guards_[i].data_ptr() != pointers_[i]) return py::none();
+    std::vector<torch::Tensor> out;
+    {
+      py::gil_scoped_release nogil;
+      const auto& g = geometry_;
+      out = haste_conv2d(x, wt_, bias_, planes_, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], o_, scale_, sums);
+    }
+    if (sums) return py::make_tuple(out[0], out[2]);
+    return py::cast(out[0]);
+  }
+
+ private:
+  torch::Tensor wt_, bias_;
+  Planes planes_;
+  torch::Tensor scale_;
+  std::vector<int64_t> geometry_;
+  int64_t o_;
+  std::vector<torch::Tensor> guards_;
+  std::vector<int64_t> versions_;
+  std::vector<void*> pointers_;
+  std::vector<std::tuple<py::object, py::object, py::object>> entries_;
+};
 
 // Stage totals in seconds since the last reset (all zero unless built with -DHASTE_PROFILE).
 std::vector<double> stage_seconds(bool reset) {
@@ -766,5 +865,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // loop decoding the next requests) keep running during inference
   m.def("haste_conv2d_cpu", &haste_conv2d_cpu, "Fused HASTE convolution (CPU)",
         py::call_guard<py::gil_scoped_release>());
+  // module_local: the profiling build (another module in the same process) has its own Call
+  py::class_<Call>(m, "Call", py::module_local(),
+                   "One HASTE layer's kept CPU call: run(x, sums) -> None (a check failed), y or (y, sums)")
+      .def(py::init<torch::Tensor, torch::Tensor, torch::Tensor, std::vector<int64_t>, bool, int64_t, torch::Tensor,
+                    std::vector<torch::Tensor>, py::list>(),
+           py::arg("wt"), py::arg("bias"), py::arg("planes"), py::arg("geometry"), py::arg("scaled"), py::arg("o"),
+           py::arg("scale"), py::arg("guards"), py::arg("entries"))
+      .def("run", &Call::run, py::arg("x"), py::arg("sums") = false);
   m.def("stage_seconds", &stage_seconds, "per-stage seconds: region, hash, bucket, merge, im2col, filters, gemm, prepare, finish");
 }
