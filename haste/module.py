@@ -339,10 +339,11 @@ class HasteConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The serving case first: a float32 CPU call this layer has run before with this level and input shape runs
-        # what it ran then, after checking only that the weights (and a folded BatchNorm) are the same, and a
-        # profile counts it by the kernel's per-image sums (haste.profile.Counted). Each step skipped
-        # here touches Python objects that the kernel's previous call pushed out of the caches: the full path
-        # below cost about 45 us more per call than the kernel itself (fmnist-resnet34, batch 1).
+        # what it ran then (the kernel's kept Call, which checks in C++ that the input, the weights and a folded
+        # BatchNorm are as they were), and a profile counts it by the kernel's per-image sums
+        # (haste.profile.Counted). Each Python step here touches objects that the kernel's previous call pushed out
+        # of the caches: the same checks in Python cost 25-35 us per call at batch 1 (fmnist-resnet34's layer3),
+        # the full path below more.
         setting = _levels.current()
         if setting.level == "off" and not isinstance(x, _Proxy) and active() is None:
             # level off: the wrapped conv's own computation, whatever the plans and the engine (torch.jit and

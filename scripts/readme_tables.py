@@ -334,8 +334,10 @@ def layout_table(path: Path = RESULTS / "bench-fmnist-resnet34-layout.json") -> 
 
 def kernel_profile_table(prefix: str = "kernel-profile-fmnist-resnet34") -> list[str]:
     """Every HASTE layer alone on its own input, summed over layers, per batch size: the kernel before and after
-    its last change (scripts/kernel_profile.py, one report each: ``-before`` and ``-after``)."""
-    reports = {tag: json.loads((RESULTS / f"{prefix}-{tag}.json").read_text()) for tag in ("before", "after")}
+    the tile buffer (scripts/kernel_profile.py, one report each: ``-before`` and ``-after``), and with the layers'
+    kept call (``-kept``, batch 1)."""
+    tags = {"before": "before", "after": "after", "kept": "kept call"}
+    reports = {tags[tag]: json.loads((RESULTS / f"{prefix}-{tag}.json").read_text()) for tag in tags}
     first = reports["after"]
     lines = [
         f"`{first['model']}` at `{first['level']}` (its table), every HASTE layer timed alone on the input it sees in",
@@ -343,7 +345,9 @@ def kernel_profile_table(prefix: str = "kernel-profile-fmnist-resnet34") -> list
         "costs more) and, in the profiling build, the kernel's stages (thread us per forward, summed over layers;",
         "`prepare`: the calling thread's wall time before the tile loop). `python_us`: the HASTE layer's call minus",
         "the kernel's. Before and after are two runs of `python scripts/kernel_profile.py --batch 1 8 --rounds 61",
-        f"--out results/{prefix}-TAG.json`; compare ratios, not milliseconds, across them.",
+        f'--out results/{prefix}-TAG.json`, "kept call" one with `--batch 1` (the layer\'s call through the',
+        "kernel's kept `Call`; `kernel us` there is the kernel called from Python with the planes derived per call);",
+        "compare ratios, not milliseconds, across them.",
         "",
         "| kernel | batch | dense us | HASTE layer us | ratio | kernel us | python us | hash | bucket | merge "
         "| filters | gemm | prepare |",
