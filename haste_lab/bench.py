@@ -4,7 +4,8 @@ Protocol: torch threads fixed; the unconverted model and the converted one at ev
 same batch of real images, interleaved (one forward of each per round, the order rotated every round)
 after warm-up; medians, min and max over rounds. Reports latency, images/s, FLOPs saving (overhead
 included, from ``haste.profile``) and the latency ratio level / dense beside the FLOPs ratio, and the
-issue's bar ``ratio <= 1 - 0.5 * saving``. ``--stages`` adds where the CPU kernel's time goes.
+issue's bar ``ratio <= 1 - 0.5 * saving``. Each level runs as the service runs it: a batch whose plan for the
+engine runs every layer dense runs at level off (``served_level``). ``--stages`` adds where the CPU kernel's time goes.
 On CUDA (``--device cuda``) every timed forward is bracketed by ``torch.cuda.synchronize()``, so it counts
 the kernels' time, not only their launch.
 """
@@ -23,8 +24,10 @@ import torch
 
 from haste import engine
 from haste.cli import non_negative_int, positive_int
-from haste.convert import convert
+from haste.convert import conversion, convert
 from haste.levels import LEVELS, compression
+from haste.module import HasteConv2d
+from haste.plans import runs_dense
 from haste.profile import profile
 
 from . import layout
@@ -85,6 +88,16 @@ def load_model(name: str) -> tuple[torch.nn.Module, dict, str]:
         return model, card, f"random init (no cached ImageNet weights: {type(exc).__name__})"
 
 
+def served_level(model: torch.nn.Module, x: torch.Tensor, level: str) -> str:
+    """The level the service runs the batch ``x`` at (``service.served.ServedModel.run``): off where ``level``'s plan
+    for this batch size on the engine that runs ``x`` has every layer dense, else ``level``."""
+    record = conversion(model)
+    layer = next((m for m in model.modules() if isinstance(m, HasteConv2d)), None)
+    if record is None or layer is None:
+        return level
+    return "off" if runs_dense(record.plans, engine.choose(x, layer.conv.weight), level, len(x)) else level
+
+
 def bench_model(
     name: str,
     *,
@@ -112,7 +125,7 @@ def bench_model(
         x = x.to(device)
         variants = {"dense": lambda x=x: dense(x)}
         for level in levels:
-            variants[level] = lambda level=level, x=x: forward_at(model, x, level)
+            variants[level] = lambda run=served_level(model, x, level), x=x: forward_at(model, x, run)
         times = {k: [] for k in variants}
         order = list(variants)
         with torch.inference_mode():
@@ -125,7 +138,7 @@ def bench_model(
                     times[key].append(timed(variants[key]))
             savings = {}
             for level in levels:
-                with profile(model) as report, compression(level):
+                with profile(model) as report, compression(served_level(model, x, level)):
                     model(x)
                 savings[level] = report.saving
             stage_split = _stages(model, x, levels) if stages else None
