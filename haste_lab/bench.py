@@ -4,8 +4,10 @@ Protocol: torch threads fixed; the unconverted model and the converted one at ev
 same batch of real images, interleaved (one forward of each per round, the order rotated every round)
 after warm-up; medians, min and max over rounds. Reports latency, images/s, FLOPs saving (overhead
 included, from ``haste.profile``) and the latency ratio level / dense beside the FLOPs ratio, and the
-issue's bar ``ratio <= 1 - 0.5 * saving``. Each level runs as the service runs it: a batch whose plan for the
-engine runs every layer dense runs at level off (``served_level``). ``--stages`` adds where the CPU kernel's time goes.
+issue's bar ``ratio <= 1 - 0.5 * saving``, and the paired ratios: the median over rounds of a variant's time
+over dense's (and over off's) in the same round, with a 95% interval (``paired_ratio``). Each level runs as
+the service runs it: a batch whose plan for the engine runs every layer dense runs at level off
+(``served_level``). ``--stages`` adds where the CPU kernel's time goes.
 On CUDA (``--device cuda``) every timed forward is bracketed by ``torch.cuda.synchronize()``, so it counts
 the kernels' time, not only their launch.
 """
@@ -95,7 +97,9 @@ def served_level(model: torch.nn.Module, x: torch.Tensor, level: str) -> str:
     layer = next((m for m in model.modules() if isinstance(m, HasteConv2d)), None)
     if record is None or layer is None:
         return level
-    return "off" if runs_dense(record.plans, engine.choose(x, layer.conv.weight), level, len(x)) else level
+    with torch.inference_mode():  # the engine that runs a served batch (outside it, gradients would pick reference)
+        name = engine.choose(x, layer.conv.weight)
+    return "off" if runs_dense(record.plans, name, level, len(x)) else level
 
 
 def bench_model(
@@ -157,6 +161,8 @@ def bench_model(
                 "images_per_s": batch / med, "flops_saving": saving, "latency_ratio": med / base,
                 "flops_ratio": 1.0 - saving, "bar": 1.0 - 0.5 * saving,
                 "meets_bar": key in ("dense", "off") or med / base <= 1.0 - 0.5 * saving,
+                "paired_ratio": paired_ratio(ts, times["dense"]),
+                "paired_vs_off": paired_ratio(ts, times["off"]) if "off" in times else None,
             })  # fmt: skip
         entry = {"batch": batch, "input": list(x.shape[1:]), "images": source, "rows": rows}
         if stage_split:
@@ -167,8 +173,23 @@ def bench_model(
         for row in rows:
             log(f"{name} b={batch} {row['variant']:>6}: {row['median_ms']:8.2f} ms (min {row['min_ms']:.2f}, max "
                 f"{row['max_ms']:.2f})  {row['images_per_s']:8.1f} img/s  saving {row['flops_saving']:.3f}  "
-                f"ratio {row['latency_ratio']:.3f} (bar {row['bar']:.3f})")  # fmt: skip
+                f"ratio {row['latency_ratio']:.3f} (bar {row['bar']:.3f})  paired {_describe(row['paired_ratio'])}"
+                + (f", vs off {_describe(row['paired_vs_off'])}" if row["paired_vs_off"] else ""))  # fmt: skip
     return result
+
+
+def paired_ratio(times: list[float], base: list[float]) -> dict:
+    """The median over rounds of ``times[r] / base[r]`` (two variants timed in the same rounds: a round's drift cancels)
+    and a distribution-free 95% interval for it (the order statistics n/2 -/+ 0.98 sqrt(n) of the sorted ratios)."""
+    ratios = sorted(t / b for t, b in zip(times, base, strict=True))
+    n = len(ratios)
+    half = 0.98 * n**0.5
+    lo, hi = max(int(n / 2 - half), 0), min(int(n / 2 + half + 0.999), n - 1)
+    return {"median": statistics.median(ratios), "ci95": [ratios[lo], ratios[hi]]}
+
+
+def _describe(paired: dict) -> str:
+    return f"{paired['median']:.3f} [{paired['ci95'][0]:.3f}, {paired['ci95'][1]:.3f}]"
 
 
 def _cuda_seconds(fn) -> float:

@@ -7,8 +7,9 @@ import torch
 
 from haste import engine, zoo
 from haste.cli import main
-from haste.convert import convert
+from haste.convert import conversion, convert
 from haste.module import HasteConv2d
+from haste_lab.bench import paired_ratio, served_level
 
 pytestmark = pytest.mark.skipif(
     not zoo.paths("fmnist-resnet18")[0].is_file(), reason="fmnist-resnet18 weights not trained yet"
@@ -176,3 +177,26 @@ def _git_show_head(source) -> str | None:
     rel = source.relative_to(source.parents[2]).as_posix()
     done = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=source.parents[2], capture_output=True, text=True)
     return done.stdout if done.returncode == 0 else None
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios_with_an_order_statistic_interval():
+    base = [1.0 + 0.5 * (r % 3) for r in range(101)]  # drift that a ratio of medians would not cancel
+    times = [b * (0.8 + 0.001 * r) for r, b in enumerate(base)]  # per-round ratios 0.800 .. 0.900
+    paired = paired_ratio(times, base)
+    assert paired["median"] == pytest.approx(0.85)
+    assert paired["ci95"] == pytest.approx([0.8 + 0.001 * 40, 0.8 + 0.001 * 61])
+    with pytest.raises(ValueError):
+        paired_ratio(times, base[:-1])
+
+
+def test_a_level_runs_as_the_service_runs_it():
+    model = zoo.load("fmnist-resnet34") if zoo.paths("fmnist-resnet34")[0].is_file() else None
+    if model is None:
+        pytest.skip("fmnist-resnet34 weights not trained yet")
+    convert(model)
+    x = torch.zeros(1, 1, 32, 32)
+    plans = conversion(model).plans["cpu"]
+    dense_at_1 = {level for level, entries in plans.items() if not any(entries[0]["levels"].values())}
+    for level in ("off", "low", "medium", "high"):
+        expected = "off" if level == "off" or (engine.cpu_kernel_available() and level in dense_at_1) else level
+        assert served_level(model, x, level) == expected
