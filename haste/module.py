@@ -45,13 +45,10 @@ _PLANNED_KEYS = 1024
 _CALL_KEYS = 64
 
 
-def _weights_key(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d | None = None) -> tuple:
+def _weights_key(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
     """What changes when a conv's weight or bias is edited in place (version counter) or given new data (``.data
-    = ...`` moves the data pointer, not the version), and with ``bn`` (a BatchNorm folded in) its state."""
-    return (
-        weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr()),
-        None if bn is None else _batchnorm.state(bn),
-    )  # fmt: skip
+    = ...`` moves the data pointer, not the version)."""
+    return weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr())
 
 
 def _capturing() -> bool:
@@ -399,10 +396,10 @@ class HasteConv2d(nn.Module):
     ) -> Counted | None:
         """Keep this call for ``forward``'s fast path: a HASTE call that ran on the CPU engine, as the kernel's
         ``Call`` holding its operands and checking the weight, bias and folded BatchNorm ``bn`` it ran with
-        (``_kept_checks``), or a
-        dense call whose layout does not depend on the input's strides (a dense call of an NCHW model converting
-        small channels-last inputs is not kept) and, with plans, ran on the CPU engine's plan. Returns the call's
-        ``Counted`` (``_counted``: the call's ``geo`` and output ``y``) when it keeps the call, else None."""
+        (``_kept_checks``), or a dense call whose layout does not depend on the input's strides (a dense call of an
+        NCHW model converting small channels-last inputs is not kept) and, with plans, ran on the CPU engine's plan.
+        Returns the call's ``Counted`` (``_counted``: the call's ``geo`` and output ``y``) when it keeps the call,
+        else None."""
         conv = self.conv
         weight = conv.weight
         if len(self._calls) >= _CALL_KEYS or _capturing():
@@ -429,7 +426,7 @@ class HasteConv2d(nn.Module):
         """What a kept CPU call (``engine.kept_call``) checks before it runs: (tensors that must keep their version
         and data: the weight first, the bias, with a folded BatchNorm ``bn`` its statistics and parameters;
         (dict, key, object) entries that must still hold: the conv's weight and bias, the BatchNorm's tensors, eps
-        and training flag) — what ``_weights_key`` and ``_foldable`` read."""
+        and training flag) — what ``_cpu_operands`` and ``_foldable`` read."""
         conv = self.conv
         params = conv._parameters
         guards = [params["weight"]] + ([params["bias"]] if params["bias"] is not None else [])
