@@ -226,9 +226,8 @@ class HasteConv2d(nn.Module):
         self._cpu_cache: tuple | None = None  # see _cpu_operands
         self._batchnorm = () if batchnorm is None else (batchnorm,)  # a tuple: not a submodule
         self._folded: tuple | None = None  # (weights and BatchNorm key, scale, shift): see _cpu_operands
-        #: (level, hyperplanes, input shape) -> (hyperplanes, weight, bias, weights key, kernel arguments, Counted):
-        #: what a CPU call runs and how a profile counts it, looked up once per key (see forward); cleared with the
-        #: weight cache
+        #: (level, hyperplanes, input shape) -> what a call runs and how a profile counts it (see ``_CALL_KEYS``),
+        #: looked up once per key (see forward); cleared with the weight cache
         self._calls: dict[tuple, tuple] = {}
         self._geometry: dict[tuple[int, int], Geometry] = {}
         self._static = (conv.kernel_size, conv.stride, self.padding, patch_size, merge == "scaled", conv.out_channels)

@@ -392,7 +392,6 @@ constexpr float kWithinTolerance = 1e-5f;  // haste.lsh.WITHIN_TOLERANCE
 // What the kernel derives from the hyperplanes (L, d) (float, contiguous) and the merge: on every call of
 // haste_conv2d_cpu, once for a kept Call.
 struct Planes {
-  torch::Tensor planes;
   int64_t L = 0, d = 0, lt = 0;  // lt: projections per channel: the L planes, and for the scaled merge the sums
   bool scaled = false, ternary = true;
   // within-channel centring (scaled): <x - mean(x), R_l> = <x, R_l> - sum(x) / d * rowsum_l, positive above
@@ -404,7 +403,7 @@ struct Planes {
   // other planes (Gaussian): transposed to (d, lt), the entries of one region pixel side by side (plane L all ones)
   std::vector<float> rt;
 
-  Planes(torch::Tensor p, bool scaled_merge) : planes(std::move(p)), scaled(scaled_merge) {
+  Planes(const torch::Tensor& planes, bool scaled_merge) : scaled(scaled_merge) {
     TORCH_CHECK(planes.dim() == 2 && planes.scalar_type() == torch::kFloat && planes.is_contiguous(),
                 "planes: (L, d) float contiguous");
     L = planes.size(0);
