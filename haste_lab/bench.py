@@ -33,6 +33,7 @@ from haste.plans import runs_dense
 from haste.profile import profile
 
 from . import layout
+from .interleaved import paired_ratio
 from .layer_times import forward_at, layer_inputs, layer_times, seconds
 from .layout import in_layout
 
@@ -176,16 +177,6 @@ def bench_model(
                 f"ratio {row['latency_ratio']:.3f} (bar {row['bar']:.3f})  paired {_describe(row['paired_ratio'])}"
                 + (f", vs off {_describe(row['paired_vs_off'])}" if row["paired_vs_off"] else ""))  # fmt: skip
     return result
-
-
-def paired_ratio(times: list[float], base: list[float]) -> dict:
-    """The median over rounds of ``times[r] / base[r]`` (two variants timed in the same rounds: a round's drift cancels)
-    and a distribution-free 95% interval for it (the order statistics n/2 -/+ 0.98 sqrt(n) of the sorted ratios)."""
-    ratios = sorted(t / b for t, b in zip(times, base, strict=True))
-    n = len(ratios)
-    half = 0.98 * n**0.5
-    lo, hi = max(int(n / 2 - half), 0), min(int(n / 2 + half + 0.999), n - 1)
-    return {"median": statistics.median(ratios), "ci95": [ratios[lo], ratios[hi]]}
 
 
 def _describe(paired: dict) -> str:

@@ -1,15 +1,17 @@
-"""Interleaved timing: every variant once per round, in a new random order each round, after warm-up rounds."""
+"""Interleaved timing: every variant once per round, in a new random order each round, after warm-up rounds; and
+the paired ratio of two variants timed so (the machine's drift over minutes cancels within a round)."""
 
 from __future__ import annotations
 
 import random
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 
 def interleaved_times(
-    variants: dict[str, Callable[[], object]], *, rounds: int, warmup: int, rng: random.Random
-) -> dict[str, list[float]]:
+    variants: dict[Hashable, Callable[[], object]], *, rounds: int, warmup: int, rng: random.Random
+) -> dict[Hashable, list[float]]:
     """Seconds per call of each variant over ``rounds`` rounds (order drawn from ``rng``), after ``warmup`` rounds."""
     for _ in range(warmup):
         for fn in variants.values():
@@ -21,3 +23,13 @@ def interleaved_times(
             variants[key]()
             times[key].append(time.perf_counter() - start)
     return times
+
+
+def paired_ratio(times: list[float], base: list[float]) -> dict:
+    """The median over rounds of ``times[r] / base[r]`` (two variants timed in the same rounds: a round's drift cancels)
+    and a distribution-free 95% interval for it (the order statistics n/2 -/+ 0.98 sqrt(n) of the sorted ratios)."""
+    ratios = sorted(t / b for t, b in zip(times, base, strict=True))
+    n = len(ratios)
+    half = 0.98 * n**0.5
+    lo, hi = max(int(n / 2 - half), 0), min(int(n / 2 + half + 0.999), n - 1)
+    return {"median": statistics.median(ratios), "ci95": [ratios[lo], ratios[hi]]}

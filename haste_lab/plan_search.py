@@ -3,16 +3,20 @@
 A calibrated level (``haste calibrate``) is a per-layer table chosen for accuracy and FLOPs. Whether each
 stage of the network (layer1, layer2, ... : the first part of a conv's name) gains time from it depends on the
 batch size and the engine. For each batch size the service forms and each level, the candidates are the
-level's table restricted to every subset of its stages (the other stages dense; the empty subset is the dense
-model), and the plans the lower levels chose at that batch size (a lower level's table is within a smaller
-budget, hence within this one). All candidates of a batch size are timed on real images, interleaved in
-a new random order each round, medians; the plan is the fastest, and among candidates within ``tie`` of the
-fastest the one saving the most FLOPs, provided that it beats the fastest of the dense model and the lower levels'
-plans by ``min_gain`` (else that one is kept: a plan must buy measurable time) and again, by half of it, in a
-second run of twice the rounds of just the two (the fastest of many noisy medians is biased low). Running only
-some stages of a table merges less, so a candidate's accuracy drop is measured, not assumed: every chosen table
-is evaluated on the calibration split (its drop plus ``margin_z`` standard errors must stay within the budget,
-else the next fastest candidate is taken) and reported on the test split.
+level's table restricted to every subset of its stages (the other stages dense; the empty subset is the
+converted model at level off, which is what the service runs for a plan with every layer dense), and the plans
+the lower levels chose at that batch size (a lower level's table is within a smaller budget, hence within this
+one). All candidates of a batch size are timed on real images for at least ``screen_seconds``, interleaved in
+a new random order each round, and ranked by their paired ratio to level off (the median over rounds of the
+ratio of their times in the same round: the machine's drift over minutes cancels). The plan is the fastest candidate within the budget, and
+among candidates within ``tie`` of it the one saving the most FLOPs, provided that it beats the baseline (the
+fastest of level off and the lower levels' plans) by ``min_gain``; it is then timed again against the baseline
+alone, warm, for at least ``confirm_seconds``, and taken only if it is faster with 95% confidence (the paired
+ratio's interval below 1), else the next of the tied candidates is tried, then the baseline runs: a plan must buy
+measurable time, and no level is slower than the one below it. Running only some stages of a table merges less,
+so a candidate's accuracy drop is measured, not assumed: every chosen table is evaluated on the calibration split
+(its drop plus ``margin_z`` standard errors must stay within the budget, else the next fastest candidate is taken)
+and reported on the test split.
 
     haste calibrate-plans --model fmnist-resnet34 --batch 1 2 4 8 16 32 --threads 2 \\
         --out results/plans-fmnist-resnet34 --write-card
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import platform
 import random
 import statistics
@@ -40,7 +45,8 @@ from haste.plans import table_value
 
 from .calibrate import BUDGETS, MARGIN_Z
 from .evaluate import command_line, dense_copy, load_data, predict
-from .layer_times import forward_at, seconds
+from .interleaved import interleaved_times, paired_ratio
+from .layer_times import forward_at
 from .layout import add_argument as layout_argument
 from .layout import in_layout
 
@@ -68,20 +74,34 @@ def _key(table: dict[str, int]) -> tuple:
     return tuple(sorted((k, v) for k, v in table.items() if v))
 
 
-def time_candidates(models: dict[tuple, torch.nn.Module], x: torch.Tensor, *, rounds: int, warmup: int) -> dict:
-    """Median seconds of one forward of ``x`` per candidate (key -> converted model, each run at level high;
-    the key () is the dense model), interleaved with a new random order every round."""
-    keys = list(models)
-    times: dict[tuple, list[float]] = {k: [] for k in keys}
+def time_candidates(variants: dict, *, rounds: int, warmup: int, min_seconds: float = 0.0) -> dict[object, list[float]]:
+    """Seconds of each variant (key -> function of no argument) per round, interleaved in a new random order every
+    round (``haste_lab.interleaved``), under inference mode: ``rounds`` rounds, and more when they are short, so
+    that the timed rounds last about ``min_seconds``."""
+    rng = random.Random(0)
     with torch.inference_mode():
-        for _ in range(warmup):
-            for k in keys:
-                forward_at(models[k], x, "high" if k else "off")
-        shuffle = random.Random(0)  # a new order every round: a rotation would keep each candidate's predecessor
-        for _ in range(rounds):
-            for k in shuffle.sample(keys, len(keys)):
-                times[k].append(seconds(lambda k=k: forward_at(models[k], x, "high" if k else "off")))
-    return {k: statistics.median(v) for k, v in times.items()}
+        times = interleaved_times(variants, rounds=rounds, warmup=warmup, rng=rng)
+        spent = sum(sum(v) for v in times.values())
+        more = math.ceil((min_seconds - spent) / (spent / rounds)) if spent < min_seconds else 0
+        if more:
+            for key, extra in interleaved_times(variants, rounds=more, warmup=0, rng=rng).items():
+                times[key] += extra
+    return times
+
+
+def confirm(run_two, *, rounds: int, seconds_each: float, min_seconds: float) -> dict:
+    """The paired ratio (``haste_lab.interleaved.paired_ratio``) of a candidate to its baseline in a run of the two
+    alone: ``run_two(rounds)`` times them (-> (candidate times, baseline times)) over at least ``rounds`` rounds, and
+    more when one round (``seconds_each``, both forwards) is short, so that the run lasts ``min_seconds``."""
+    rounds = max(rounds, math.ceil(min_seconds / max(seconds_each, 1e-6)))
+    times, base = run_two(rounds)
+    return {**paired_ratio(times, base), "rounds": rounds}
+
+
+def confirmed(paired: dict, min_gain: float) -> bool:
+    """Whether a confirmation run (``confirm``) shows the candidate faster than its baseline: the 95% interval of
+    the paired ratio below 1, and its median at most ``1 - min_gain / 2``."""
+    return paired["ci95"][1] < 1.0 and paired["median"] <= 1.0 - min_gain / 2
 
 
 def calibrate_plans(
@@ -94,7 +114,10 @@ def calibrate_plans(
     rounds: int = 9,
     warmup: int = 2,
     tie: float = 0.01,
-    min_gain: float = 0.03,
+    min_gain: float = 0.01,
+    screen_seconds: float = 60.0,
+    confirm_seconds: float = 10.0,
+    max_confirms: int = 3,
     test_limit: int | None = 2000,
     batch_size: int = 250,
     out: str | Path | None = None,
@@ -120,11 +143,12 @@ def calibrate_plans(
         for subset in subsets:
             table = restricted(tables[level], subset)
             candidates[level].setdefault(_key(table), table)
-    models: dict[tuple, torch.nn.Module] = {(): dense}
+    models: dict[tuple, torch.nn.Module] = {(): reference}  # every layer dense: the converted model at off
     for by_key in candidates.values():
         for key, table in by_key.items():
             if key and key not in models:
                 models[key] = convert(dense_copy(dense), plans={}, levels={"high": table})
+    plain = in_layout(dense_copy(dense), layout)  # the model before conversion: the ratios' reference
     for candidate in models.values():
         in_layout(candidate, layout)
     log(f"{model_name}: {len(models)} distinct candidates over stages {', '.join(stages)}, {layout} layout")
@@ -158,40 +182,55 @@ def calibrate_plans(
 
     rows = []
     chosen: dict[str, dict[int, tuple]] = {level: {} for level in levels}
+
+    def forward(key, x):
+        return lambda: forward_at(models[key], x, "high" if key else "off")
+
     for batch in batches:
         x = images[:batch]
         keys = [(), *dict.fromkeys(k for level in levels for k in candidates[level] if k)]
         start = time.time()
-        times = time_candidates({k: models[k] for k in keys}, x, rounds=rounds, warmup=warmup)
-        dense_s = times[()]
+        times = time_candidates(
+            {**{k: forward(k, x) for k in keys}, "dense": lambda x=x: plain(x)},
+            rounds=rounds,
+            warmup=warmup,
+            min_seconds=screen_seconds,
+        )
+        rank = {k: paired_ratio(times[k], times[()])["median"] for k in keys}  # paired ratio to level off
+        to_dense = {k: paired_ratio(times[k], times["dense"])["median"] for k in keys}
         below: list[tuple] = [()]
         for level in levels:
-            pool = sorted(dict.fromkeys([*candidates[level], *below]), key=lambda k: times[k])
+            pool = sorted(dict.fromkeys([*candidates[level], *below]), key=lambda k: rank[k])
 
             def within(k, level=level) -> bool:
                 stats = accuracy(k)
                 return stats["calibration_drop"] + stats["calibration_margin"] <= budgets[level]
 
-            first = next(k for k in pool if within(k))  # the dense model () always is
-            # a new plan must beat the fastest of dense and the lower levels' plans by min_gain (timing noise is a
-            # few per cent here): else that one runs, so that no level is measured slower than the one below
-            baseline = min(below, key=lambda k: times[k])
+            # the baseline: the fastest of level off and the lower levels' plans (no level slower than one below)
+            baseline = min(below, key=lambda k: rank[k])
 
-            def gains(k, below=below, times=times, baseline=baseline) -> bool:
-                return k in below or times[k] <= times[baseline] * (1 - min_gain)
+            def gains(k, baseline=baseline, times=times) -> bool:
+                return paired_ratio(times[k], times[baseline])["median"] <= 1 - min_gain
 
-            if not gains(first):
-                first = baseline
-            tied = [k for k in pool if times[k] <= times[first] * (1 + tie) and gains(k) and within(k)]
-            key = max(tied, key=lambda k: measured[k]["saving"])
-            confirmed = None
-            if key not in below:  # the fastest of many noisy medians is biased low: time it again against the baseline
-                again = time_candidates({key: models[key], baseline: models[baseline]}, x, rounds=2 * rounds, warmup=1)
-                confirmed = again[key] / again[baseline]
-                if confirmed > 1 - min_gain / 2:
-                    log(f"  b={batch} {level}: stages {','.join(sorted({stage_of(n) for n, _ in key}))} not confirmed "
-                        f"({confirmed:.3f} of the baseline in a second run): the baseline runs")  # fmt: skip
-                    key = baseline
+            first = next(k for k in pool if within(k))  # level off, (), always is
+            tied = [k for k in pool if rank[k] <= rank[first] * (1 + tie) and k not in below and gains(k) and within(k)]
+            tied.sort(key=lambda k: -measured[k]["saving"])
+            key, confirmation = baseline, None
+            for candidate in tied[:max_confirms]:  # the fastest of many noisy medians is biased low: time it again
+
+                def run_two(n, candidate=candidate, baseline=baseline, x=x):
+                    again = time_candidates({0: forward(candidate, x), 1: forward(baseline, x)}, rounds=n, warmup=1)
+                    return again[0], again[1]
+
+                seconds_each = statistics.median(times[candidate]) + statistics.median(times[baseline])
+                paired = confirm(run_two, rounds=2 * rounds, seconds_each=seconds_each, min_seconds=confirm_seconds)
+                stages_of = ",".join(sorted({stage_of(n) for n, _ in candidate}))
+                log(f"  b={batch} {level}: stages {stages_of}: {paired['median']:.3f} "
+                    f"[{paired['ci95'][0]:.3f}, {paired['ci95'][1]:.3f}] of the baseline over {paired['rounds']} "
+                    "rounds of the two alone")  # fmt: skip
+                if confirmed(paired, min_gain):
+                    key, confirmation = candidate, paired
+                    break
             chosen[level][batch] = key
             below.append(key)
             stats = accuracy(key)
@@ -199,19 +238,22 @@ def calibrate_plans(
                 "batch": batch,
                 "level": level,
                 "stages": sorted({stage_of(n) for n, _ in key}),
-                "ms": times[key] * 1e3,
-                "dense_ms": dense_s * 1e3,
-                "latency_ratio": times[key] / dense_s,
-                "full_table_ratio": times[_key(tables[level])] / dense_s,
-                "confirmed_ratio": confirmed,  # the candidate against the baseline in the second run (None: none)
+                "ms": statistics.median(times[key]) * 1e3,
+                "off_ms": statistics.median(times[()]) * 1e3,
+                "dense_ms": statistics.median(times["dense"]) * 1e3,
+                "rounds": len(times[()]),
+                "off_ratio": rank[key],  # paired, to level off (what a plan with every layer dense runs)
+                "latency_ratio": to_dense[key],  # paired, to the model before conversion
+                "full_table_ratio": to_dense[_key(tables[level])],
+                "confirmed": confirmation,  # the plan against the baseline, alone (None: the baseline runs)
                 **stats,
             }
             rows.append(row)
             log(
-                f"  b={batch} {level}: stages {','.join(row['stages']) or 'none (dense)'}  "
-                f"{row['latency_ratio']:.3f} of dense (full table {row['full_table_ratio']:.3f}), saving "
-                f"{100 * stats['saving']:.1f}%, drop {stats['calibration_drop']:.2f} calibration / "
-                f"{stats['test_drop']:.2f} test"
+                f"  b={batch} {level}: stages {','.join(row['stages']) or 'none (level off)'}  "
+                f"{row['latency_ratio']:.3f} of dense, {row['off_ratio']:.3f} of off (full table "
+                f"{row['full_table_ratio']:.3f} of dense), saving {100 * stats['saving']:.1f}%, drop "
+                f"{stats['calibration_drop']:.2f} calibration / {stats['test_drop']:.2f} test"
             )
         log(f"  batch {batch}: {len(keys)} candidates timed in {time.time() - start:.0f}s")
 
@@ -220,12 +262,15 @@ def calibrate_plans(
     report = {
         "model": card.get("name", model_name),
         "engine": "cpu",
+        "min_gain": min_gain,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "vector_isa": _isa()},
         "protocol": f"models in the {layout} layout; {warmup} warm-up rounds, {rounds} timed rounds, candidates "
-        f"interleaved in a new random order each round, medians; a new plan must be {100 * min_gain:.0f}% faster than "
-        "the fastest of dense and the lower levels' plans, and by half of that in a second run of the two with "
-        f"twice the rounds; ties within {100 * tie:.0f}% go to the larger FLOPs saving",
+        "interleaved in a new random order each round, ranked by their paired ratio to level off (median over rounds); "
+        f"a new plan must be {100 * min_gain:.0f}% faster than the baseline (the fastest of level off and the lower "
+        f"levels' plans), then faster with 95% confidence in a run of the two alone (at least {2 * rounds} rounds and "
+        f"{confirm_seconds:g} s), else the next of the tied candidates (at most {max_confirms}) is tried; ties within "
+        f"{100 * tie:.0f}% go to the larger FLOPs saving",
         "layout": layout,
         "budgets_points": budgets,
         "margin_z": margin_z,
@@ -257,7 +302,8 @@ def _entries(by_batch: dict[int, tuple], names: list[str], rows: list[dict], lev
         table = {n: v for n, v in key}
         compact = _compact(table, names)
         row = next(r for r in rows if r["batch"] == batch and r["level"] == level)
-        measured = {k: round(row[k], 4) for k in ("latency_ratio", "calibration_drop", "test_drop", "saving")}
+        fields = ("latency_ratio", "off_ratio", "calibration_drop", "test_drop", "saving")
+        measured = {k: round(row[k], 4) for k in fields}
         if entries and entries[-1]["levels"] == compact:
             entries[-1]["measured"][f"batch {batch}"] = measured
             continue
@@ -306,8 +352,16 @@ def add_command(sub) -> None:
         "--margin", type=non_negative_float, default=MARGIN_Z, help=f"standard errors kept below budgets ({MARGIN_Z})"
     )
     p.add_argument(
-        "--min-gain", type=non_negative_float, default=0.03,
-        help="a plan must beat dense and the lower levels' plans by this fraction of their time (default 0.03)",
+        "--min-gain", type=non_negative_float, default=0.01,
+        help="a plan must beat level off and the lower levels' plans by this fraction of their time (default 0.01)",
+    )  # fmt: skip
+    p.add_argument(
+        "--screen-seconds", type=non_negative_float, default=60.0,
+        help="time the candidates of a batch size for at least this long, in more rounds if needed (default 60)",
+    )  # fmt: skip
+    p.add_argument(
+        "--confirm-seconds", type=non_negative_float, default=10.0,
+        help="a chosen plan is timed again against its baseline, the two alone, for at least this long (default 10)",
     )  # fmt: skip
     p.add_argument("--test-limit", type=positive_int, default=2000, help="test images to report on (default 2000)")
     layout_argument(p)
@@ -325,6 +379,8 @@ def _run(args) -> int:
         warmup=args.warmup,
         margin_z=args.margin,
         min_gain=args.min_gain,
+        screen_seconds=args.screen_seconds,
+        confirm_seconds=args.confirm_seconds,
         test_limit=args.test_limit,
         out=args.out,
         write_card=args.write_card,

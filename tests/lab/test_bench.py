@@ -9,7 +9,8 @@ from haste import engine, zoo
 from haste.cli import main
 from haste.convert import conversion, convert
 from haste.module import HasteConv2d
-from haste_lab.bench import paired_ratio, served_level
+from haste_lab.bench import served_level
+from haste_lab.interleaved import paired_ratio
 
 pytestmark = pytest.mark.skipif(
     not zoo.paths("fmnist-resnet18")[0].is_file(), reason="fmnist-resnet18 weights not trained yet"
