@@ -362,6 +362,10 @@ class HasteConv2d(nn.Module):
                     y = kept.run(x)
                     if y is not None:
                         return self._normed(y, setting) if normed else y
+                elif collector.direct is not None and collector.direct == self.__dict__.get("converted_in"):
+                    y = kept.run(x, collector.counted)  # the call records itself in the profile (no Python count)
+                    if y is not None:
+                        return self._normed(y, setting) if normed else y
                 else:
                     out = kept.run(x, True)
                     if out is not None:
@@ -408,8 +412,8 @@ class HasteConv2d(nn.Module):
                 return None
             weight_t, bias, planes, scale = self._cpu_operands(hyperplanes, bn)
             guards, entries = self._kept_checks(bn)
-            kept = engine.kept_call(weight_t, bias, planes, *self._static, scale, guards, entries)
             counted = self._counted(geo, hyperplanes, y)
+            kept = engine.kept_call(weight_t, bias, planes, *self._static, scale, guards, entries, counted)
             entry = (kept, engine.current_kernel(), bn is None and bool(self._batchnorm), counted)
         elif (x.shape[2] * x.shape[3] <= _DENSE_NCHW_MAX_PIXELS and weight.is_contiguous()) or (
             self.plans and not engine.runs_cpu(x, weight)
@@ -490,6 +494,7 @@ class HasteConv2d(nn.Module):
             if collector is None:
                 return y
             counted = counted or self._counted(geo, hyperplanes, y)
+            sums = sums.tolist()
         else:
             result = engine.conv2d(
                 x, weight, self.conv.bias, stride=self.conv.stride, padding=self.padding, patch=self.patch_size,
@@ -499,7 +504,7 @@ class HasteConv2d(nn.Module):
             if collector is None:
                 return y
             counted = self._counted(geo, hyperplanes, y)
-            sums = torch.tensor(tile_sums(geo, result.groups), dtype=torch.float64).reshape(-1, 2)
+            sums = tile_sums(geo, result.groups)
         if collector is not None:
             collector.count(self, counted, sums, x.shape[0])
         return y

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .flops import conv_flops, linear_flops
+
+#: A layer call's per-image sums: (sum over tiles of buckets x valid output pixels, sum of buckets) per image
+#: (``haste.flops.tile_sums``; the CPU kernel's kept call returns them so).
+Sums = Sequence[Sequence[float]]
 
 
 @dataclass
@@ -87,9 +91,35 @@ class Report:
 
     images: int = 0
     forwards: int = 0
-    layers: dict[str, LayerStats] = field(default_factory=dict)
     #: one row per image seen: (dense, executed, overhead) multiply-adds.
     per_image: list[tuple[float, float, float]] = field(default_factory=list)
+    _layers: dict[str, LayerStats] = field(default_factory=dict, repr=False)
+    #: HASTE layer calls (Counted, sums or None, images) of settled forwards whose per-layer totals are added when
+    #: ``layers`` is read: a served batch needs ``per_image`` alone (the totals cost ~100 us a ResNet34 forward)
+    _unfolded: list[tuple] = field(default_factory=list, repr=False)
+
+    @property
+    def layers(self) -> dict[str, LayerStats]:
+        """Per-layer totals over the images seen (``LayerStats``), by qualified name, in call order."""
+        if self._unfolded:
+            calls, self._unfolded = self._unfolded, []
+            layers = self._layers
+            for c, sums, n in calls:
+                stats = layers.get(c.name) or layers.setdefault(c.name, LayerStats(kind="haste"))
+                stats.images += n
+                stats.dense += c.dense * n
+                stats.hyperplanes = c.hyperplanes
+                stats.channels = c.channels
+                if sums is None:  # a dense call
+                    stats.executed += c.fixed * n
+                    stats.buckets += c.channels * n
+                    continue
+                gv_total = sum(gv for gv, _ in sums)
+                g_total = sum(g for _, g in sums)
+                stats.executed += c.per_sum * gv_total + c.fixed * n
+                stats.overhead += c.overhead_max * n - c.per_bucket * g_total
+                stats.buckets += g_total / c.tiles
+        return self._layers
 
     def _mean(self, col: int) -> float:
         return sum(row[col] for row in self.per_image) / len(self.per_image) if self.per_image else 0.0
@@ -130,9 +160,10 @@ class Report:
 
 @dataclass(frozen=True)
 class Counted:
-    """How a layer's calls count, given a call's per-image sums (``haste.flops.tile_sums``' columns: (N, 2)
-    float64; None for a dense call): per image ``dense``, ``executed = per_sum * sums[:, 0] + fixed`` and
-    ``overhead = overhead_max - per_bucket * sums[:, 1]``; ``buckets`` per image ``sums[:, 1] / tiles`` (a dense
+    """How a layer's calls count, given a call's per-image sums (``haste.flops.tile_sums``' rows: one
+    (sum of buckets x valid output pixels ``gv``, sum of buckets ``g``) pair per image; None for a dense call): per
+    image ``dense``, ``executed = per_sum * gv + fixed`` and ``overhead = overhead_max - per_bucket * g``;
+    ``buckets`` per image ``g / tiles`` (a dense
     call: ``executed = fixed = dense``, no overhead, ``channels`` buckets). Only HASTE layers are counted this way
     (their rows' kind is ``haste``). ``_Collector.count`` records a call as (Counted, sums, images) and ``settle``
     turns a forward's calls into FLOPs together."""
@@ -147,26 +178,29 @@ class Counted:
     hyperplanes: int = 0
     channels: int = 0
 
-    def lists(self, sums: torch.Tensor | None, n: int) -> tuple[list[float], list[float], list[float], list[float]]:
+    def lists(self, sums: Sums | None, n: int) -> tuple[list[float], list[float], list[float], list[float]]:
         """Per-image (dense, executed, overhead, buckets) lists of a call of ``n`` images, as ``_Collector.add``
         takes them."""
         if sums is None:  # a dense call
             return [self.dense] * n, [self.fixed] * n, [0.0] * n, [float(self.channels)] * n
-        rows = sums.tolist()
         return (
-            [self.dense] * n, [self.per_sum * gv + self.fixed for gv, _ in rows],
-            [self.overhead_max - self.per_bucket * g for _, g in rows], [g / self.tiles for _, g in rows],
+            [self.dense] * n, [self.per_sum * gv + self.fixed for gv, _ in sums],
+            [self.overhead_max - self.per_bucket * g for _, g in sums], [g / self.tiles for _, g in sums],
         )  # fmt: skip
 
 
 class _Collector:
-    def __init__(self, model: nn.Module, report: Report, parent: _Collector | None) -> None:
+    def __init__(self, model: nn.Module, report: Report, parent: _Collector | None, dense_layers: bool = True) -> None:
         self.model = model
         self.report = report
         self.parent = parent  # the enclosing profile's collector: it also counts what this one sees
+        #: id(model) when the HASTE layers ``haste.convert`` converted in ``model`` may append their calls to
+        #: ``counted`` themselves (the kept CPU call does it in C++): a profile with no enclosing one and no dense layer
+        #: hook (whose rows must keep call order with theirs); else None
+        self.direct = id(model) if parent is None and not dense_layers else None
         self.pending: list[list[float]] | None = None  # per image [dense, executed, overhead] of this forward
         #: layer calls of this forward not yet turned into FLOPs (``settle``): (Counted, sums or None, images)
-        self.counted: list[tuple[Counted, torch.Tensor | None, int]] = []
+        self.counted: list[tuple[Counted, Sums | None, int]] = []
         self._names: dict[int, str] | None = None  # dense layers' names, built when the first one runs
         self._members: set[int] | None = None  # ids of the model's modules, built if ``owns`` needs them
         self._owned: dict[int, bool] = {}  # id(module) -> part of the model (``owns``)
@@ -205,14 +239,16 @@ class _Collector:
             collector = collector.parent
         return collector is self
 
-    def count(self, module: nn.Module, counted: Counted, sums: torch.Tensor | None, images: int) -> None:
+    def count(self, module: nn.Module, counted: Counted, sums: Sums | None, images: int) -> None:
         """Add one call of ``images`` images of a layer by its per-image ``sums`` (the serving path: a list append
         per layer; ``settle`` turns the forward's calls into FLOPs together) to this profile and the enclosing ones
         that hold ``module``."""
         collector = self
         while collector is not None:
             if collector.owns(module):
-                collector.report.layers.setdefault(counted.name, LayerStats(kind="haste"))  # in call order
+                layers = collector.report.layers
+                if collector.direct is None and counted.name not in layers:  # in call order with the dense layers'
+                    layers[counted.name] = LayerStats(kind="haste")  # (``settle`` adds the others in call order)
                 collector.counted.append((counted, sums, images))
             collector = collector.parent
 
@@ -229,31 +265,19 @@ class _Collector:
                 self.add(c.name, "haste", dense, executed, overhead, hyperplanes=c.hyperplanes, buckets=buckets,
                          channels=c.channels)  # fmt: skip
             return
-        # Counted.lists' formulas, accumulated in place (through ``add`` a ResNet34 forward settled ~60 us slower)
+        # Counted.lists' formulas per image; the per-layer totals when the report's ``layers`` are read
         dense = 0.0
         executed, overhead = [0.0] * n, [0.0] * n
         for c, sums, _ in calls:
-            stats = self.report.layers.setdefault(c.name, LayerStats(kind="haste"))
-            stats.images += n
-            stats.dense += c.dense * n
-            stats.hyperplanes = c.hyperplanes
-            stats.channels = c.channels
             dense += c.dense
             if sums is None:  # a dense call
-                stats.executed += c.fixed * n
-                stats.buckets += c.channels * n
                 for i in range(n):
                     executed[i] += c.fixed
                 continue
-            g_total = 0.0
-            for i, (gv, g) in enumerate(sums.tolist()):
-                ex, ov = c.per_sum * gv + c.fixed, c.overhead_max - c.per_bucket * g
-                executed[i] += ex
-                overhead[i] += ov
-                stats.executed += ex
-                stats.overhead += ov
-                g_total += g
-            stats.buckets += g_total / c.tiles
+            for i, (gv, g) in enumerate(sums):
+                executed[i] += c.per_sum * gv + c.fixed
+                overhead[i] += c.overhead_max - c.per_bucket * g
+        self.report._unfolded += calls
         if not self.pending:
             self.pending = [[dense, ex, ov] for ex, ov in zip(executed, overhead)]
             return
@@ -342,7 +366,7 @@ def profile(model: nn.Module, *, dense_layers: bool = True) -> Iterator[Report]:
     batch) is counted by its totals, spread evenly over that forward's images.
     """
     report = Report()
-    collector = _Collector(model, report, _collector.get())
+    collector = _Collector(model, report, _collector.get(), dense_layers)
     token = _collector.set(collector)
     end = model.register_forward_hook(collector.end_of_forward)
     handle = nn.modules.module.register_module_forward_hook(collector.hook) if dense_layers else None

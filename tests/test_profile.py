@@ -73,3 +73,22 @@ def test_a_batch_size_change_inside_one_forward_keeps_every_layers_flops():
     assert split.forwards == 1 and split.images == 2
     assert split.dense_flops == pytest.approx(whole.dense_flops)
     assert split.executed_flops + split.overhead_flops == pytest.approx(whole.executed_flops + whole.overhead_flops)
+
+
+def test_a_profile_of_kept_cpu_calls_records_them_without_a_python_count(monkeypatch):
+    """The serving case (one profile of the model, no dense layer hook): the kept CPU call appends its sums to the
+    profile itself, and the report is the one the Python count makes, layers in call order."""
+    from haste import engine
+    from haste.profile import _Collector
+
+    if not engine.cpu_kernel_available():
+        pytest.skip(f"the CPU kernel is unavailable: {engine.unavailable}")
+    model = haste.convert(nn.Sequential(*net(), nn.Conv2d(16, 16, 3, padding=1)).eval())
+    with torch.inference_mode():
+        counted = _one_forward(model, dense_layers=False)  # the layers' first calls: counted in Python, kept
+        kept = _one_forward(model, dense_layers=False)
+        monkeypatch.setattr(_Collector, "count", lambda *args: pytest.fail("a kept call was counted in Python"))
+        direct = _one_forward(model, dense_layers=False)
+    assert direct.per_image == counted.per_image == kept.per_image and direct.forwards == 1
+    assert list(direct.layers) == list(counted.layers) == ["1", "2"]  # "0", the first conv, stays an nn.Conv2d
+    assert {k: v.as_dict() for k, v in direct.layers.items()} == {k: v.as_dict() for k, v in counted.layers.items()}

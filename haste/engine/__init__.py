@@ -300,15 +300,19 @@ def cpu_conv2d(
 EMPTY = torch.empty(0)
 
 
-def kept_call(weight_t, bias, planes, kernel, stride, padding, patch, scaled, out_channels, scale, guards, entries):
+def kept_call(
+    weight_t, bias, planes, kernel, stride, padding, patch, scaled, out_channels, scale, guards, entries, counted=None
+):
     """A HASTE layer's call kept for its fast path: the CPU kernel's ``Call`` with ``cpu_conv2d``'s operands, which
     runs only while every (dict, key, object) of ``entries`` still holds that object and the ``guards`` tensors
     (the weight first) keep their version and data (see haste_cpu.cpp). ``call.run(x)`` returns None when a check
-    fails, else the output; ``call.run(x, True)`` (output, per-image sums). Run it only while ``runs_kept(kernel)``
-    holds for the ``kernel`` (``current_kernel()``) it was made with."""
+    fails, else the output; ``call.run(x, True)`` (output, per-image sums: ``haste.flops.tile_sums``' rows);
+    ``call.run(x, sink)`` with a list the output, after appending ``(counted, sums, images)`` to ``sink`` (a
+    profile's record of a forward: ``haste.profile``). Run it only while ``runs_kept(kernel)`` holds for the
+    ``kernel`` (``current_kernel()``) it was made with."""
     return _module.Call(
         weight_t, bias, planes, [*kernel, *stride, *padding, patch], scaled, out_channels,
-        EMPTY if scale is None else scale, guards, entries,
+        EMPTY if scale is None else scale, guards, entries, counted,
     )  # fmt: skip
 
 

@@ -455,10 +455,13 @@ struct Planes {
 // channels, plain sums).
 // Returns (y (N, O, Hout, Wout), groups (N*Th*Tw,) int32, sums (N, 2) float64: per image the sum over
 // tiles of buckets x valid output pixels and the sum of buckets; groups and sums undefined without want_sums).
+// With ``flat``, the sums go there instead (2N doubles, image by image) and no groups or sums tensor is made: two
+// tensors and their Python objects cost about 6 us a call at batch 1, 3% of a layer (the serving path).
 std::vector<torch::Tensor> haste_conv2d(torch::Tensor x, const torch::Tensor& wt, const torch::Tensor& bias,
                                         const Planes& P, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pad_l,
                                         int64_t pad_r, int64_t pad_t, int64_t pad_b, int64_t patch, int64_t o,
-                                        const torch::Tensor& scale, bool want_sums) {
+                                        const torch::Tensor& scale, bool want_sums,
+                                        std::vector<double>* flat = nullptr) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat, "x: float NCHW");
   STAGE_START
   x = x.contiguous(at::MemoryFormat::ChannelsLast);  // no copy when it is channels-last already
@@ -479,8 +482,10 @@ std::vector<torch::Tensor> haste_conv2d(torch::Tensor x, const torch::Tensor& wt
   // output channels-last (N, Hout, Wout, O) memory, returned as a logical NCHW tensor (measured: writing NCHW
   // through a per-tile block for NCHW inputs made the width-32 ResNet34 5-9% slower at batch 1, equal at 32)
   auto y = torch::empty({n, o, hout, wout}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  torch::Tensor groups;  // buckets per tile: for the sums
-  if (want_sums) groups = torch::empty({n * tiles}, x.options().dtype(torch::kInt));
+  torch::Tensor groups;       // buckets per tile: for the sums
+  std::vector<int> counts;    // the same, with ``flat``
+  if (want_sums && flat) counts.resize(n * tiles);
+  else if (want_sums) groups = torch::empty({n * tiles}, x.options().dtype(torch::kInt));
   const float* X = x.data_ptr<float>();
   const float* WT = wt.data_ptr<float>();
   TORCH_CHECK((bias.numel() == 0 || bias.numel() == o) && (scale.numel() == 0 || scale.numel() == o) &&
@@ -488,7 +493,7 @@ std::vector<torch::Tensor> haste_conv2d(torch::Tensor x, const torch::Tensor& wt
               "bias and scale: (O,) contiguous or empty");
   const Epilogue ep{scale.numel() ? scale.data_ptr<float>() : nullptr, bias.numel() ? bias.data_ptr<float>() : nullptr};
   float* Y = y.data_ptr<float>();
-  int* G = want_sums ? groups.data_ptr<int>() : nullptr;
+  int* G = !want_sums ? nullptr : flat ? counts.data() : groups.data_ptr<int>();
   const int64_t cp = (c + W - 1) / W * W;  // channels rounded up to whole vectors
   const std::vector<float>& rowsum = P.rowsum;
   const float rmax = P.rmax;
@@ -759,8 +764,9 @@ std::vector<torch::Tensor> haste_conv2d(torch::Tensor x, const torch::Tensor& wt
   STAGE(kLoop)
   // per image: sum over tiles of buckets x valid output pixels, and of buckets (FLOPs accounting)
   torch::Tensor sums;
-  if (want_sums) sums = torch::empty({n, 2}, x.options().dtype(torch::kDouble));
-  double* S = want_sums ? sums.data_ptr<double>() : nullptr;
+  if (want_sums && flat) flat->resize(2 * n);
+  else if (want_sums) sums = torch::empty({n, 2}, x.options().dtype(torch::kDouble));
+  double* S = !want_sums ? nullptr : flat ? flat->data() : sums.data_ptr<double>();
   for (int64_t img = 0; img < n && want_sums; ++img) {
     double gv = 0, g = 0;
     for (int64_t ty = 0; ty < th; ++ty)
@@ -798,13 +804,16 @@ std::vector<torch::Tensor> haste_conv2d_cpu(torch::Tensor x, torch::Tensor wt, t
 // - the input: a float32 CPU tensor of 4 dimensions, and no gradient needed (grad mode off, or neither the input
 //   nor the weight requiring one).
 // run(x, sums) returns None when a check fails (the layer then takes its general path and makes a new call),
-// else the output, or (output, per-image sums) with ``sums``.
+// else the output; with sums=True (output, per-image sums as a list of (sum of buckets x valid output pixels,
+// sum of buckets) pairs: haste.flops.tile_sums' rows); with sums a list (a profile's record of the forward's layer
+// calls), the output, after appending (counted, the sums, images) to it: a profiled forward then runs no Python per
+// layer for its FLOPs (haste.profile's count cost ~6 us per layer at batch 1, its objects out of the caches).
 class Call {
  public:
   Call(torch::Tensor wt, torch::Tensor bias, torch::Tensor planes, std::vector<int64_t> geometry, bool scaled,
-       int64_t o, torch::Tensor scale, std::vector<torch::Tensor> guards, py::list entries)
+       int64_t o, torch::Tensor scale, std::vector<torch::Tensor> guards, py::list entries, py::object counted)
       : wt_(std::move(wt)), bias_(std::move(bias)), planes_(std::move(planes), scaled), scale_(std::move(scale)),
-        geometry_(std::move(geometry)), o_(o), guards_(std::move(guards)) {
+        geometry_(std::move(geometry)), o_(o), guards_(std::move(guards)), counted_(std::move(counted)) {
     TORCH_CHECK(geometry_.size() == 9, "geometry: kh, kw, sh, sw, pad_l, pad_r, pad_t, pad_b, patch");
     TORCH_CHECK(!guards_.empty(), "guards: the weight first");
     for (const auto& g : guards_) {
@@ -818,7 +827,9 @@ class Call {
     }
   }
 
-  py::object run(const torch::Tensor& x, bool sums) const {
+  py::object run(const torch::Tensor& x, const py::object& sums) const {
+    const bool sink = PyList_Check(sums.ptr());
+    const bool want = sink || PyObject_IsTrue(sums.ptr()) == 1;
     if (!x.defined() || !x.device().is_cpu() || x.scalar_type() != torch::kFloat || x.dim() != 4) return py::none();
     if (at::GradMode::is_enabled() && (x.requires_grad() || guards_[0].requires_grad())) return py::none();
     for (const auto& [dict, key, expected] : entries_) {
@@ -831,12 +842,20 @@ class Call {
     for (size_t i = 0; i < guards_.size(); ++i)
       if (guards_[i]._version() != versions_[i] || guards_[i].data_ptr() != pointers_[i]) return py::none();
     std::vector<torch::Tensor> out;
+    std::vector<double> flat;
     {
       py::gil_scoped_release nogil;
       const auto& g = geometry_;
-      out = haste_conv2d(x, wt_, bias_, planes_, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], o_, scale_, sums);
+      out = haste_conv2d(x, wt_, bias_, planes_, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], o_, scale_, want,
+                         want ? &flat : nullptr);
     }
-    if (sums) return py::make_tuple(out[0], out[2]);
+    if (!want) return py::cast(out[0]);
+    const size_t n = flat.size() / 2;
+    py::list pairs(n);  // per image (sum of buckets x valid output pixels, sum of buckets)
+    for (size_t i = 0; i < n; ++i) pairs[i] = py::make_tuple(flat[2 * i], flat[2 * i + 1]);
+    if (!sink) return py::make_tuple(out[0], pairs);
+    py::tuple entry = py::make_tuple(counted_, pairs, n);
+    if (PyList_Append(sums.ptr(), entry.ptr()) != 0) throw py::error_already_set();
     return py::cast(out[0]);
   }
 
@@ -850,6 +869,7 @@ class Call {
   std::vector<int64_t> versions_;
   std::vector<void*> pointers_;
   std::vector<std::tuple<py::object, py::object, py::object>> entries_;
+  py::object counted_;  // what run appends to a sink list with the sums (haste.profile.Counted)
 };
 
 // Stage totals in seconds since the last reset (all zero unless built with -DHASTE_PROFILE).
@@ -868,9 +888,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Call>(m, "Call", py::module_local(),
                    "One HASTE layer's kept CPU call: run(x, sums) -> None (a check failed), y or (y, sums)")
       .def(py::init<torch::Tensor, torch::Tensor, torch::Tensor, std::vector<int64_t>, bool, int64_t, torch::Tensor,
-                    std::vector<torch::Tensor>, py::list>(),
+                    std::vector<torch::Tensor>, py::list, py::object>(),
            py::arg("wt"), py::arg("bias"), py::arg("planes"), py::arg("geometry"), py::arg("scaled"), py::arg("o"),
-           py::arg("scale"), py::arg("guards"), py::arg("entries"))
+           py::arg("scale"), py::arg("guards"), py::arg("entries"), py::arg("counted") = py::none())
       .def("run", &Call::run, py::arg("x"), py::arg("sums") = false);
   m.def("stage_seconds", &stage_seconds, "per-stage seconds: region, hash, bucket, merge, im2col, filters, gemm, prepare, finish");
 }
