@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 
@@ -47,15 +46,22 @@ class InputSpec:
 
 
 def normalize(pixels: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """uint8 pixels (N, C, H, W) at model size before padding -> normalised float (N, C, H', W')."""
-    x = pixels.to(torch.float32) / 255.0
-    mean = torch.tensor(spec.mean, dtype=torch.float32)[None, :, None, None]
-    std = torch.tensor(spec.std, dtype=torch.float32)[None, :, None, None]
+    """uint8 pixels (N, C, H, W) at model size before padding -> normalised float (N, C, H', W'): float32
+    ``(pixels / 255 - mean) / std``, the padding the normalised value of a black pixel (zero pixels before
+    normalisation). In NumPy: the same float32 operations as torch's, a few microseconds each on one image where
+    torch's take tens (a served image is preprocessed on its own)."""
+    x = pixels.numpy().astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32)[None, :, None, None]
+    std = np.asarray(spec.std, dtype=np.float32)[None, :, None, None]
     x = (x - mean) / std
     if spec.pad:
-        # pad with the normalised value of a black pixel, i.e. zero pixels before normalisation
-        x = F.pad(x - (-mean / std), (spec.pad,) * 4) + (-mean / std)
-    return x
+        black, pad = -mean / std, spec.pad  # (x - black) + black: torch's F.pad(x - black) + black, bit for bit
+        n, c, h, w = x.shape
+        padded = np.empty((n, c, h + 2 * pad, w + 2 * pad), dtype=np.float32)
+        padded[...] = black
+        padded[:, :, pad : pad + h, pad : pad + w] = (x - black) + black
+        x = padded
+    return torch.from_numpy(np.ascontiguousarray(x))
 
 
 #: Pillow modes of 16-bit single-channel images (16-bit grayscale PNG, TIFF, PGM), any byte order.

@@ -17,8 +17,9 @@ from fastapi import Request
 from .errors import ServiceError
 
 
-def require_token(request: Request) -> None:
-    """FastAPI dependency: 401 unless the configured token (if any) is presented as a bearer token."""
+async def require_token(request: Request) -> None:
+    """FastAPI dependency: 401 unless the configured token (if any) is presented as a bearer token. A coroutine:
+    FastAPI runs a plain function dependency on its thread pool, a thread hop on every request."""
     token = request.app.state.service.settings.api_token
     if token is None:
         return

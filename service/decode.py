@@ -141,6 +141,21 @@ def _reason(exc: Exception) -> str:
     return text[:200]
 
 
+def small(data: bytes, pixels: int) -> bool:
+    """Whether ``data`` is a JPEG, PNG or WebP image whose header gives it at most ``pixels`` pixels (nothing is
+    decoded); False for anything else, which the decode pool then decodes or refuses."""
+    fmt = sniff(data) if pixels > 0 else None
+    if fmt not in SUPPORTED:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            width, height = Image.open(io.BytesIO(data), formats=[fmt]).size
+        except Exception:  # a header Pillow cannot read: decode says why, on the pool
+            return False
+    return width * height <= pixels
+
+
 def to_input(data: bytes, spec: InputSpec, limits: Limits = Limits()) -> torch.Tensor:
     """Untrusted bytes -> the model's normalised input (C, H, W), through the shared preprocessing."""
     image = decode(data, limits)

@@ -21,7 +21,7 @@ import torch
 from opentelemetry import trace
 
 from .batching import Job, Result
-from .decode import to_input
+from .decode import small, to_input
 from .errors import ServiceError
 from .served import ServedModel
 from .state import ServiceState
@@ -78,13 +78,18 @@ def _integer(value: object) -> int | None:
 async def decode(
     state: ServiceState, served: ServedModel, images: list[bytes], deadline: float, tracer: trace.Tracer
 ) -> tuple[list[torch.Tensor], float]:
-    """Decode and preprocess ``images`` on the decode pool: (model inputs, seconds); timeout (504) if the
-    deadline passed meanwhile."""
+    """Decode and preprocess ``images`` on the decode pool, or on the event loop those of at most
+    ``HASTE_INLINE_DECODE_PIXELS`` pixels (a thread hop there and back costs more than their decode: ~0.6 ms against
+    ~0.4 ms for a 28x28 PNG): (model inputs, seconds); timeout (504) if the deadline passed meanwhile."""
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
+    inline = state.settings.inline_decode_pixels
     with span(tracer, "decode", model=served.name, images=len(images)):
         inputs = [
-            await loop.run_in_executor(state.decoder, to_input, data, served.spec, state.limits) for data in images
+            to_input(data, served.spec, state.limits)
+            if small(data, inline)
+            else await loop.run_in_executor(state.decoder, to_input, data, served.spec, state.limits)
+            for data in images
         ]
     if time.monotonic() >= deadline:
         raise ServiceError("timeout", "request deadline passed while the image was read and decoded")

@@ -91,10 +91,10 @@ QUERY = {
 }
 
 
-def strict_query(request: Request) -> None:
+async def strict_query(request: Request) -> None:
     """400 for a classify query FastAPI would otherwise half-accept: an unknown parameter name (a typo
     such as ``levle`` would silently get the default), a parameter given twice (FastAPI keeps the last),
-    or an empty value (``level=`` would get the default)."""
+    or an empty value (``level=`` would get the default). A coroutine, as ``auth.require_token``: no thread hop."""
     items = request.query_params.multi_items()
     unknown = sorted({key for key, _ in items} - set(QUERY))
     if unknown:
@@ -176,7 +176,7 @@ async def classify(
         level=level,
         plan=result.plan,
         predictions=[
-            {"index": int(i), "label": served.labels[int(i)], "score": float(s)} for s, i in zip(scores, indices)
+            {"index": i, "label": served.labels[i], "score": s} for s, i in zip(scores.tolist(), indices.tolist())
         ],
         compute={
             "flops_dense": result.flops_dense,

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     min_side: int = Field(default=8, ge=1, description="Smallest accepted image side, in pixels.")
     max_aspect_ratio: float = Field(default=32.0, ge=1, description="Largest accepted long side / short side ratio.")
     decode_threads: int = Field(default=2, ge=1, description="Threads decoding and preprocessing images.")
+    inline_decode_pixels: int = Field(
+        default=4096,
+        ge=0,
+        description="Images of at most this many pixels (read from their header) are decoded on the event loop, "
+        "not on a decode thread: for them the hop to the thread and back costs more than the decode (0: never).",
+    )
     torch_threads: int = Field(
         default_factory=_default_threads,
         ge=1,

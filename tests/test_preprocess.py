@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from haste.preprocess import InputSpec, eight_bit, preprocess
+from haste.preprocess import InputSpec, eight_bit, normalize, preprocess
 from haste.zoo.registry import FMNIST_SPEC
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -82,3 +82,22 @@ def test_8_bit_images_are_untouched():
     for path in [*GREY[:1], FIXTURES / "fmnist-0019-t-shirt-top-rgba.png", FIXTURES / "photo-chelsea.jpg"]:
         with Image.open(path) as image:
             assert eight_bit(image) is image
+
+
+@pytest.mark.parametrize("pad", [0, 2])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_normalize_is_torchs_float32_arithmetic_bit_for_bit(pad, channels):
+    """normalize runs in NumPy (a served image is preprocessed alone, where torch's per-op cost dominates); its
+    result is what the same float32 operations give in torch, padding included."""
+    import torch.nn.functional as F
+
+    spec = InputSpec(mode="L" if channels == 1 else "RGB", mean=(0.286, 0.41, 0.5)[:channels],
+                     std=(0.353, 0.22, 0.19)[:channels], pad=pad)  # fmt: skip
+    pixels = torch.randint(0, 256, (2, channels, 17, 23), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor(spec.mean)[None, :, None, None]
+    std = torch.tensor(spec.std)[None, :, None, None]
+    expected = (pixels.to(torch.float32) / 255.0 - mean) / std
+    if pad:
+        expected = F.pad(expected - (-mean / std), (pad,) * 4) + (-mean / std)
+    got = normalize(pixels, spec)
+    assert got.dtype == torch.float32 and got.is_contiguous() and torch.equal(got, expected)
