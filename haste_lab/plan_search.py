@@ -3,20 +3,23 @@
 A calibrated level (``haste calibrate``) is a per-layer table chosen for accuracy and FLOPs. Whether each
 stage of the network (layer1, layer2, ... : the first part of a conv's name) gains time from it depends on the
 batch size and the engine. For each batch size the service forms and each level, the candidates are the
-level's table restricted to every subset of its stages (the other stages dense; the empty subset is the
-converted model at level off, which is what the service runs for a plan with every layer dense), and the plans
-the lower levels chose at that batch size (a lower level's table is within a smaller budget, hence within this
-one). All candidates of a batch size are timed on real images for at least ``screen_seconds``, interleaved in
-a new random order each round, and ranked by their paired ratio to level off (the median over rounds of the
-ratio of their times in the same round: the machine's drift over minutes cancels). The plan is the fastest candidate within the budget, and
-among candidates within ``tie`` of it the one saving the most FLOPs, provided that it beats the baseline (the
-fastest of level off and the lower levels' plans) by ``min_gain``; it is then timed again against the baseline
-alone, warm, for at least ``confirm_seconds``, and taken only if it is faster with 95% confidence (the paired
-ratio's interval below 1), else the next of the tied candidates is tried, then the baseline runs: a plan must buy
-measurable time, and no level is slower than the one below it. Running only some stages of a table merges less,
-so a candidate's accuracy drop is measured, not assumed: every chosen table is evaluated on the calibration split
-(its drop plus ``margin_z`` standard errors must stay within the budget, else the next fastest candidate is taken)
-and reported on the test split.
+level's table restricted to every subset of its stages (the other stages dense), and the plans the lower levels
+chose at that batch size (a lower level's table is within a smaller budget, hence within this one). Each runs as
+the service runs a batch: the empty subset, every layer dense, is the converted model at level off; the others
+run with their FLOPs counted (``haste.profile``).
+
+All candidates of a batch size are timed on real images for at least ``screen_seconds``, interleaved in a new
+random order each round, and ranked by their paired ratio to level off (the median over rounds of the ratio of
+their times in the same round: the machine's drift over minutes cancels). The plan is the fastest candidate
+within the budget, and among candidates within ``tie`` of it the one saving the most FLOPs, provided that it
+beats the baseline (the fastest of level off and the lower levels' plans) by ``min_gain``. It is then timed
+again against the baseline alone, warm, for at least ``confirm_seconds``, and taken only if it is faster with
+95% confidence (the paired ratio's interval below 1); else the next of the tied candidates is tried, then the
+baseline runs: a plan must buy measurable time, and no level is slower than the one below it.
+
+Running only some stages of a table merges less, so a candidate's accuracy drop is measured, not assumed: every
+chosen table is evaluated on the calibration split (its drop plus ``margin_z`` standard errors must stay within
+the budget, else the next fastest candidate is taken) and reported on the test split.
 
     haste calibrate-plans --model fmnist-resnet34 --batch 1 2 4 8 16 32 --threads 2 \\
         --out results/plans-fmnist-resnet34 --write-card
@@ -42,6 +45,7 @@ from haste import engine, zoo
 from haste.cli import non_negative_float, positive_int
 from haste.convert import convert
 from haste.plans import table_value
+from haste.profile import profile
 
 from .calibrate import BUDGETS, MARGIN_Z
 from .evaluate import command_line, dense_copy, load_data, predict
@@ -184,7 +188,18 @@ def calibrate_plans(
     chosen: dict[str, dict[int, tuple]] = {level: {} for level in levels}
 
     def forward(key, x):
-        return lambda: forward_at(models[key], x, "high" if key else "off")
+        """One forward of candidate ``key`` as the service runs a batch (``ServedModel.run``): level off for the
+        all-dense plan, else with its FLOPs counted (``haste.profile`` of the HASTE layers, ~2% of a forward at
+        batch 1), which a plan saving few FLOPs must also pay for."""
+        model = models[key]
+        if not key:
+            return lambda: forward_at(model, x, "off")
+
+        def served():
+            with profile(model, dense_layers=False):
+                forward_at(model, x, "high")
+
+        return served
 
     for batch in batches:
         x = images[:batch]

@@ -118,23 +118,7 @@ def run(args) -> dict:
     finally:
         proc.terminate()
         proc.wait(60)
-    summary = []
-    for concurrency in args.concurrency:
-        off = None
-        for level in args.levels:
-            mine = [c for c in cells if c["concurrency"] == concurrency and c["level"] == level]
-            ok = sum(c["ok"] for c in mine)
-            rps = ok / sum(c["seconds"] for c in mine)
-            row = {"concurrency": concurrency, "level": level, "rps": rps,
-                   "rps_rounds": [c["rps"] for c in mine],
-                   "p50_ms": statistics.median(c["latency_ms"]["p50"] for c in mine if c["latency_ms"]["p50"]),
-                   "mean_batch_size": statistics.fmean(c["mean_batch_size"] for c in mine if c["mean_batch_size"]),
-                   "flops_saved_ratio": statistics.fmean(c["flops_saved_ratio"] or 0.0 for c in mine),
-                   "non_200": sum(n for c in mine for code, n in c["codes"].items() if code != "200")}  # fmt: skip
-            if level == "off":
-                off = rps
-            row["rps_vs_off"] = rps / off if off else None
-            summary.append(row)
+    summary = summarize(cells, args.concurrency, args.levels)
     return {
         "model": args.model,
         "tool": "hey (Debian), -z per cell, POST image/png (one Fashion-MNIST test image)",
@@ -149,6 +133,38 @@ def run(args) -> dict:
         "summary": summary,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
+
+
+def summarize(cells: list[dict], concurrencies: list[int], levels: list[str]) -> list[dict]:
+    """Per concurrency and level: the requests/s pooled over the rounds and its ratio to level off's, and the paired
+    ratio: the median over rounds of the level's requests/s over off's in the same round, and their range (the
+    machine's drift between rounds cancels; it does not between the cells of one round)."""
+    summary = []
+    for concurrency in concurrencies:
+        off = off_rounds = None
+        for level in levels:
+            mine = [c for c in cells if c["concurrency"] == concurrency and c["level"] == level]
+            ok = sum(c["ok"] for c in mine)
+            rps = ok / sum(c["seconds"] for c in mine)
+            per_round = {c["round"]: c["rps"] for c in mine}
+            row = {"concurrency": concurrency, "level": level, "rps": rps,
+                   "rps_rounds": [c["rps"] for c in mine],
+                   "p50_ms": statistics.median(c["latency_ms"]["p50"] for c in mine if c["latency_ms"]["p50"]),
+                   "mean_batch_size": statistics.fmean(c["mean_batch_size"] for c in mine if c["mean_batch_size"]),
+                   "flops_saved_ratio": statistics.fmean(c["flops_saved_ratio"] or 0.0 for c in mine),
+                   "non_200": sum(n for c in mine for code, n in c["codes"].items() if code != "200")}  # fmt: skip
+            if level == "off":
+                off, off_rounds = rps, per_round
+            row["rps_vs_off"] = rps / off if off else None
+            rounds = sorted(set(per_round) & set(off_rounds or {}))
+            ratios = [per_round[r] / off_rounds[r] for r in rounds]
+            row["paired_vs_off"] = (
+                {"median": statistics.median(ratios), "range": [min(ratios), max(ratios)], "rounds": len(ratios)}
+                if ratios
+                else None
+            )
+            summary.append(row)
+    return summary
 
 
 def plot(report: dict, path: Path) -> None:
@@ -175,13 +191,16 @@ def plot(report: dict, path: Path) -> None:
 
 def markdown(report: dict) -> str:
     lines = [
-        "| concurrency | level | req/s | vs off | p50 ms | mean batch | FLOPs saved |",
-        "|---|---|---|---|---|---|---|",
+        "| concurrency | level | req/s | vs off | vs off, per round: median [range] | p50 ms | mean batch | "
+        "FLOPs saved |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["summary"]:
+        paired = r.get("paired_vs_off")
+        per_round = f"{paired['median']:.2f}x [{paired['range'][0]:.2f}, {paired['range'][1]:.2f}]" if paired else "-"
         lines.append(
-            f"| {r['concurrency']} | {r['level']} | {r['rps']:.1f} | {r['rps_vs_off']:.2f}x | {r['p50_ms']:.1f} | "
-            f"{r['mean_batch_size']:.2f} | {100 * r['flops_saved_ratio']:.1f}% |"
+            f"| {r['concurrency']} | {r['level']} | {r['rps']:.1f} | {r['rps_vs_off']:.2f}x | {per_round} | "
+            f"{r['p50_ms']:.1f} | {r['mean_batch_size']:.2f} | {100 * r['flops_saved_ratio']:.1f}% |"
         )
     return "\n".join(lines)
 

@@ -5,9 +5,9 @@ and the measured level plans, on one plot per axis.
         --plans results/plans-fmnist-resnet34.json --batch 1 --out results/pareto-fmnist-resnet34
 
 Points: every uniform-hyperplane row of the sweep (calibration split, mean of its seeds) for both merge rules,
-timed here at ``--batch`` against the dense model (all settings interleaved, order rotated each round,
-medians), and the level plans chosen at that batch size (their drop measured on the same split by
-``haste calibrate-plans``). Writes OUT.json and OUT.png.
+and the level plans chosen at that batch size (their drop measured on the same split by ``haste calibrate-plans``),
+all timed here at ``--batch`` against the dense model (interleaved in a new random order each round; paired
+ratios). Writes OUT.json and OUT.png.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 from pathlib import Path
 
@@ -27,8 +26,9 @@ from haste.options import Options
 from haste_lab import layout
 from haste_lab.bench import _real_images
 from haste_lab.evaluate import dense_copy
-from haste_lab.interleaved import interleaved_times
+from haste_lab.interleaved import interleaved_times, paired_ratio
 from haste_lab.layer_times import forward_at
+from haste_lab.plan_search import full_table, restricted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,29 +59,37 @@ def main(argv: list[str] | None = None) -> int:
         points.append({"setting": key, "family": f"uniform L, {row['merge']} merge"
                        + (" (the paper)" if row["merge"] == "mean" else ""),
                        "drop": row["drop_points_mean"], "flops_ratio": 1 - row["saving_mean"]})  # fmt: skip
+    reference = convert(dense_copy(dense), plans={})
+    off = set()  # settings run at level off: a plan with every layer dense runs so
     for row in plans["rows"]:
         if row["batch"] == args.batch:
-            points.append({"setting": f"plan {row['level']}@{args.batch}", "family": "level plans (measured)",
-                           "drop": row["calibration_drop"], "flops_ratio": 1 - row["saving"],
-                           "latency_ratio": row["latency_ratio"]})  # fmt: skip
+            key = f"plan {row['level']}@{args.batch}"
+            table = restricted(full_table(reference, row["level"]), frozenset(row["stages"]))
+            if row["stages"]:
+                models[key] = convert(dense_copy(dense), plans={}, levels={"high": table})
+            else:
+                models[key], _ = dense_copy(reference), off.add(key)
+            points.append({"setting": key, "family": "level plans (measured)", "drop": row["calibration_drop"],
+                           "flops_ratio": 1 - row["saving"]})  # fmt: skip
     models = {k: layout.in_layout(m.eval(), args.layout) for k, m in models.items()}
     x = layout.in_layout(x, args.layout)
     with torch.inference_mode():
-        runs = {k: (lambda m=m, lv="off" if k == "dense" else "high": forward_at(m, x, lv)) for k, m in models.items()}
+        runs = {
+            k: (lambda m=m, lv="off" if k == "dense" or k in off else "high": forward_at(m, x, lv))
+            for k, m in models.items()
+        }
         times = interleaved_times(runs, rounds=args.rounds, warmup=1, rng=random.Random(0))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for point in points:
-        if "latency_ratio" not in point:
-            point["latency_ratio"] = med[point["setting"]] / med["dense"]
+    for point in points:  # paired: the median over rounds of the setting's time over dense's in the same round
+        point["latency_ratio"] = paired_ratio(times[point["setting"]], times["dense"])["median"]
     report = {
         "model": args.model,
         "batch": args.batch,
         "threads": args.threads,
         "drop_split": sweep["split"],
         "layout": args.layout,
-        "protocol": f"{args.layout}; {args.rounds} rounds, all settings interleaved in a new random order each round "
-        f"(seed 0), medians; plans' latency from "
-        f"{args.plans.name} (timed by haste calibrate-plans)",
+        "protocol": f"{args.layout}; {args.rounds} rounds, all settings (the plans' tables of {args.plans.name} "
+        "included) interleaved in a new random order each round (seed 0); latency: the median over rounds of the "
+        "setting's time over dense's in the same round",
         "points": points,
         "command": " ".join(["python scripts/pareto.py", *sys.argv[1:]]),
     }
