@@ -165,8 +165,8 @@ class Counted:
     image ``dense``, ``executed = per_sum * gv + fixed`` and ``overhead = overhead_max - per_bucket * g``;
     ``buckets`` per image ``g / tiles`` (a dense
     call: ``executed = fixed = dense``, no overhead, ``channels`` buckets). Only HASTE layers are counted this way
-    (their rows' kind is ``haste``). ``_Collector.count`` records a call as (Counted, sums, images) and ``settle``
-    turns a forward's calls into FLOPs together."""
+    (their rows' kind is ``haste``). ``_Collector.count`` (or the kept CPU call itself) records a call as (Counted,
+    sums, images) and ``settle`` turns a forward's calls into FLOPs together."""
 
     name: str
     dense: float
@@ -240,9 +240,9 @@ class _Collector:
         return collector is self
 
     def count(self, module: nn.Module, counted: Counted, sums: Sums | None, images: int) -> None:
-        """Add one call of ``images`` images of a layer by its per-image ``sums`` (the serving path: a list append
-        per layer; ``settle`` turns the forward's calls into FLOPs together) to this profile and the enclosing ones
-        that hold ``module``."""
+        """Add one call of ``images`` images of a layer by its per-image ``sums`` (a list append per layer; ``settle``
+        turns the forward's calls into FLOPs together) to this profile and the enclosing ones that hold ``module``.
+        A kept CPU call of a profile with ``direct`` set appends itself instead, without this Python call."""
         collector = self
         while collector is not None:
             if collector.owns(module):
