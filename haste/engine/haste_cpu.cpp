@@ -21,7 +21,6 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
-#include <numeric>
 #include <tuple>
 #include <vector>
 
@@ -374,7 +373,7 @@ inline void transpose_region(const float* const* pix, int64_t dp, int64_t c, flo
 
 struct Scratch {
   std::vector<float> proj, regions, filters, beta, zeros;
-  std::vector<int64_t> codes, stamp, voff;
+  std::vector<int64_t> codes, stamp, voff, keys;
   std::vector<int> order, bucket, count, first, base, off, table, merged_ids, vidx;
   std::vector<const float*> regs, filts, pixels;
   std::vector<float*> dst;
@@ -384,7 +383,7 @@ struct Scratch {
 // Integer lanes as wide as vec: a float comparison of two vecs gives -1 (true) or 0 per lane.
 typedef int32_t ivec __attribute__((vector_size(W * sizeof(int32_t))));
 
-constexpr int64_t kTableBits = 14;  // lookup-table bucketing up to 14 hyperplanes, sorting beyond
+constexpr int64_t kTableBits = 14;  // bucketing by a table indexed by the code up to 14 hyperplanes, hashed beyond
 constexpr float kWithinTolerance = 1e-5f;  // haste.lsh.WITHIN_TOLERANCE
 
 }  // namespace
@@ -502,6 +501,11 @@ std::vector<torch::Tensor> haste_conv2d(torch::Tensor x, const torch::Tensor& wt
   const std::vector<int>& npos = P.npos;
   const std::vector<float>& rt = P.rt;
   const bool use_table = L <= kTableBits;
+  // beyond kTableBits: an open-addressing table of at least 2c slots keyed by the code (measured: sorting the codes
+  // made L=16 0.97 of dense at batch 1 on fmnist-resnet34 against 0.86 at L=14)
+  int slot_bits = 6;
+  while ((int64_t{1} << slot_bits) < 2 * c) ++slot_bits;
+  const uint64_t slot_mask = (uint64_t{1} << slot_bits) - 1;
   const uint64_t keep = (uint64_t{1} << L) - 1;  // L <= 62
   const int64_t fo = kk * kPanel;  // floats of one channel's (or bucket's) rows in one panel
   // floats per row of a tile buffer: the region's d pixels rounded up to whole vectors (and to 8 for the transposes)
@@ -532,6 +536,10 @@ std::vector<torch::Tensor> haste_conv2d(torch::Tensor x, const torch::Tensor& wt
     if (use_table) {
       grow(s.table, int64_t{1} << kTableBits);
       grow(s.stamp, int64_t{1} << kTableBits);
+    } else {
+      grow(s.table, int64_t{1} << slot_bits);
+      grow(s.stamp, int64_t{1} << slot_bits);
+      grow(s.keys, int64_t{1} << slot_bits);
     }
     return s;
   };
@@ -622,17 +630,19 @@ std::vector<torch::Tensor> haste_conv2d(torch::Tensor x, const torch::Tensor& wt
         }
         s.bucket[ch] = s.table[code];
       }
-    } else {
-      std::iota(s.order.begin(), s.order.begin() + c, 0);
-      std::stable_sort(s.order.begin(), s.order.begin() + c,
-                       [&](int a, int b) { return s.codes[a] < s.codes[b]; });
-      int g = -1;
-      for (int64_t i = 0; i < c; ++i) {
-        const int ch = s.order[i];
-        if (i == 0 || s.codes[ch] != s.codes[s.order[i - 1]]) ++g;
-        s.bucket[ch] = g;
+    } else {  // the same, the code hashed into a table of at least 2c slots (linear probing)
+      const int64_t tick = ++s.tick;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const int64_t code = s.codes[ch];
+        uint64_t h = (static_cast<uint64_t>(code) * 0x9E3779B97F4A7C15ull) >> (64 - slot_bits);
+        while (s.stamp[h] == tick && s.keys[h] != code) h = (h + 1) & slot_mask;
+        if (s.stamp[h] != tick) {
+          s.stamp[h] = tick;
+          s.keys[h] = code;
+          s.table[h] = ng++;
+        }
+        s.bucket[ch] = s.table[h];
       }
-      ng = g + 1;
     }
     if (G) G[t] = ng;
     // members of every bucket, contiguous in s.order: bucket b owns order[first[b] .. first[b+1])
