@@ -499,13 +499,15 @@ def loadtest_section(model: str = REFERENCE) -> str:
         example = (
             f" (level {dense[0]['level']}, which runs level off itself at batch 1, read {dense[0]['rps_vs_off']:.2f}x "
             "of it)"
+            if dense
+            else ""
         )
         lines += [
             "",
             "The machine's speed drifts by up to 30% over minutes, more than the levels differ, and a 15 s cell of one "
             "level meets another speed than the next cell of another: two rounds leave the ratios to that drift"
-            f"{example if dense else ''}. The same load test in shorter cells and more rounds ({again['protocol']}; "
-            f"`python scripts/{again['command']}`):",
+            f"{example}. The same load test in shorter cells and more rounds ({again['protocol']}; "
+            f"`python scripts/{again['command']}`; {again.get('note', 'the plans of the same card')}):",
             "",
             markdown(again),
         ]
