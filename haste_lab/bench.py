@@ -33,8 +33,8 @@ from haste.plans import runs_dense
 from haste.profile import profile
 
 from . import layout
-from .interleaved import paired_ratio
-from .layer_times import forward_at, layer_inputs, layer_times, seconds
+from .interleaved import interleaved_times, paired_ratio, seconds
+from .layer_times import forward_at, layer_inputs, layer_times
 from .layout import in_layout
 
 DEFAULT_MODELS = ("fmnist-resnet18", "fmnist-resnet34", "fmnist-vgg16_bn", "resnet50")
@@ -131,16 +131,9 @@ def bench_model(
         variants = {"dense": lambda x=x: dense(x)}
         for level in levels:
             variants[level] = lambda run=served_level(model, x, level), x=x: forward_at(model, x, run)
-        times = {k: [] for k in variants}
-        order = list(variants)
         with torch.inference_mode():
-            for _ in range(warmup):
-                for fn in variants.values():
-                    fn()
-            shuffle = random.Random(0)  # a new order every round: a rotation would keep each variant's predecessor
-            for _ in range(rounds):
-                for key in shuffle.sample(order, len(order)):
-                    times[key].append(timed(variants[key]))
+            # a new order every round: a rotation would keep each variant's predecessor
+            times = interleaved_times(variants, rounds=rounds, warmup=warmup, rng=random.Random(0), timed=timed)
             savings = {}
             for level in levels:
                 with profile(model) as report, compression(served_level(model, x, level)):

@@ -9,19 +9,30 @@ import time
 from collections.abc import Callable, Hashable
 
 
+def seconds(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def interleaved_times(
-    variants: dict[Hashable, Callable[[], object]], *, rounds: int, warmup: int, rng: random.Random
+    variants: dict[Hashable, Callable[[], object]],
+    *,
+    rounds: int,
+    warmup: int,
+    rng: random.Random,
+    timed: Callable[[Callable[[], object]], float] = seconds,
 ) -> dict[Hashable, list[float]]:
-    """Seconds per call of each variant over ``rounds`` rounds (order drawn from ``rng``), after ``warmup`` rounds."""
+    """Seconds per call of each variant over ``rounds`` rounds (order drawn from ``rng``), after ``warmup`` rounds;
+    ``timed(fn)`` times one call (e.g. bracketed by CUDA synchronisation)."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
     times = {k: [] for k in variants}
     for _ in range(rounds):
         for key in rng.sample(list(variants), len(variants)):
-            start = time.perf_counter()
-            variants[key]()
-            times[key].append(time.perf_counter() - start)
+            times[key].append(timed(variants[key]))
     return times
 
 

@@ -13,7 +13,6 @@ channels-last output), so the sum over layers is close to, not equal to, the who
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 from torch import nn
@@ -21,6 +20,8 @@ from torch import nn
 from haste.levels import compression
 from haste.module import HasteConv2d
 from haste.profile import profile
+
+from .interleaved import seconds
 
 
 def layer_inputs(model: nn.Module, x: torch.Tensor, level: str) -> dict[HasteConv2d, torch.Tensor]:
@@ -110,10 +111,3 @@ def forward_at(model: nn.Module, x: torch.Tensor, level: str) -> torch.Tensor:
     """``model(x)`` at ``level``."""
     with compression(level):
         return model(x)
-
-
-def seconds(fn) -> float:
-    """Wall-clock seconds of one call of ``fn``."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start

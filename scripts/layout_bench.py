@@ -25,7 +25,8 @@ from haste.cli import non_negative_int, positive_int
 from haste.convert import convert
 from haste.levels import LEVELS
 from haste_lab.bench import _real_images, load_model
-from haste_lab.layer_times import forward_at, seconds
+from haste_lab.interleaved import seconds
+from haste_lab.layer_times import forward_at
 from haste_lab.layout import LAYOUTS, in_layout
 
 
