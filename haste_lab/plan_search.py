@@ -4,7 +4,13 @@ A calibrated level (``haste calibrate``) is a per-layer table chosen for accurac
 stage of the network (layer1, layer2, ... : the first part of a conv's name) gains time from it depends on the
 batch size and the engine. For each batch size the service forms and each level, the candidates are the
 level's table restricted to every subset of its stages (the other stages dense), and the plans the lower levels
-chose at that batch size (a lower level's table is within a smaller budget, hence within this one). Each runs as
+chose at that batch size (a lower level's table is within a smaller budget, hence within this one), and, for every
+level given (``--table-levels``), the ``extra`` tables (``--table 14:layer4=8``: hyperplanes and a per-stage schedule,
+as ``haste sweep`` takes them) with their stage subsets: tables chosen for time rather than FLOPs, e.g. a stage
+whose kernel time falls fast with fewer hyperplanes (its budget is checked by measurement, as for any candidate;
+every candidate more is one more chance that a calibration drop reads low by luck, so a level gets only the tables
+meant for it: given to every level, 77 candidates made level low's batch-1 plan a table that read 0.18 points on the
+calibration split and 0.85 on the test split, over its 0.5 budget). Each runs as
 the service runs a batch: the empty subset, every layer dense, is the converted model at level off; the others
 run with their FLOPs counted (``haste.profile``).
 
@@ -22,7 +28,8 @@ chosen table is evaluated on the calibration split (its drop plus ``margin_z`` s
 the budget, else the next fastest candidate is taken) and reported on the test split.
 
     haste calibrate-plans --model fmnist-resnet34 --batch 1 2 4 8 16 32 --threads 2 \\
-        --out results/plans-fmnist-resnet34 --write-card
+        --table 16:layer4=8 14:layer4=9 --table-levels high --out results/plans-fmnist-resnet34 \\
+        --write-card
 
 The plans go into the model card (``"haste": {"plans": {engine: {level: [{"batch", "levels", "measured"}]}}}``)
 and ``haste.convert`` runs them (``haste.plans``).
@@ -30,6 +37,7 @@ and ``haste.convert`` runs them (``haste.plans``).
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
@@ -53,6 +61,7 @@ from .interleaved import interleaved_times, paired_ratio
 from .layer_times import forward_at
 from .layout import add_argument as layout_argument
 from .layout import in_layout
+from .sweep import parse_schedule, schedule_table
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 
@@ -72,6 +81,36 @@ def full_table(model: torch.nn.Module, level: str) -> dict[str, int]:
     from haste.module import HasteConv2d
 
     return {m.name: m.levels[level] for m in model.modules() if isinstance(m, HasteConv2d)}
+
+
+def _parse_table(text: str) -> tuple[int, str]:
+    """``HYPERPLANES[:SCHEDULE]`` -> (hyperplanes, schedule); ValueError saying what is accepted."""
+    hyperplanes, _, schedule = text.partition(":")
+    if not hyperplanes.strip().isdigit() or int(hyperplanes) < 1:
+        raise ValueError(
+            "a candidate table is HYPERPLANES[:SCHEDULE], e.g. 14 or 14:layer4=8 (a positive number of hyperplanes, "
+            f"then the per-layer schedule as haste sweep --schedule takes it); got {text!r}"
+        )
+    parse_schedule(schedule)
+    return int(hyperplanes), schedule
+
+
+def extra_table(names: list[str], text: str) -> dict[str, int]:
+    """conv name -> hyperplanes over the HASTE layers ``names`` for ``text``, ``HYPERPLANES[:SCHEDULE]`` (``14``,
+    ``14:layer4=8``, ``12:layer2.0.conv1=0,layer4=-4``). ValueError if it is malformed or a pattern of its
+    schedule matches none of ``names``."""
+    table = schedule_table(names, *_parse_table(text))
+    return {n: table_value(table, n) if isinstance(table, dict) else table for n in names}
+
+
+def table_argument(text: str) -> str:
+    """argparse type of a ``--table`` value: checked by ``_parse_table``, kept as text (its patterns are checked
+    against the model's layers when it is converted)."""
+    try:
+        _parse_table(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _key(table: dict[str, int]) -> tuple:
@@ -113,6 +152,8 @@ def calibrate_plans(
     *,
     batches=BATCHES,
     levels=("low", "medium", "high"),
+    extra=(),
+    extra_levels=None,
     budgets: dict[str, float] = BUDGETS,
     margin_z: float = MARGIN_Z,
     rounds: int = 9,
@@ -132,21 +173,24 @@ def calibrate_plans(
 ) -> dict:
     """Choose the plans of ``model_name`` (its card's calibrated levels) for the CPU engine, its models timed in
     ``layout`` (``haste_lab.layout``; the service's default is channels-last); see the module docstring. Returns
-    the report written to ``out`` (.json)."""
+    the report written to ``out`` (.json). ``extra``: more candidate tables (``extra_table``) for the
+    ``extra_levels`` (default: every level)."""
     if not engine.cpu_kernel_available():
         raise ValueError(f"calibrate-plans measures the fused CPU kernel, which is unavailable: {engine.unavailable}")
     dense = zoo.load(model_name)
     card = dense.haste_card
     reference = convert(dense_copy(dense), plans={})
     tables = {level: full_table(reference, level) for level in levels}
-    stages = sorted({stage_of(n) for t in tables.values() for n, v in t.items() if v})
+    extras = [extra_table(list(tables[levels[0]]), text) for text in extra]
+    stages = sorted({stage_of(n) for t in [*tables.values(), *extras] for n, v in t.items() if v})
     subsets = [frozenset(s) for k in range(len(stages) + 1) for s in itertools.combinations(stages, k)]
     candidates: dict[str, dict[tuple, dict[str, int]]] = {}
     for level in levels:
         candidates[level] = {}
-        for subset in subsets:
-            table = restricted(tables[level], subset)
-            candidates[level].setdefault(_key(table), table)
+        for full in (tables[level], *(extras if extra_levels is None or level in extra_levels else ())):
+            for subset in subsets:
+                table = restricted(full, subset)
+                candidates[level].setdefault(_key(table), table)
     models: dict[tuple, torch.nn.Module] = {(): reference}  # every layer dense: the converted model at off
     for by_key in candidates.values():
         for key, table in by_key.items():
@@ -166,11 +210,10 @@ def calibrate_plans(
                                         "saving": 0.0}}  # fmt: skip
 
     def accuracy(key: tuple) -> dict:
+        """The candidate's drop on the calibration split, its margin and its FLOPs saving."""
         if key not in measured:
-            model = models[key]
-            preds, _, report = predict(model, calibration, level="high", batch_size=batch_size)
+            preds, _, report = predict(models[key], calibration, level="high", batch_size=batch_size)
             disagree = float((preds != dense_calibration).double().mean())
-            test_preds, _, _ = predict(model, test, level="high", batch_size=batch_size)
             measured[key] = {
                 "calibration_drop": 100
                 * float(
@@ -178,11 +221,19 @@ def calibrate_plans(
                     - (preds == labels_calibration).double().mean()
                 ),
                 "calibration_margin": margin_z * 100 * (disagree / len(preds)) ** 0.5,
-                "test_drop": 100
-                * float((dense_test == labels_test).double().mean() - (test_preds == labels_test).double().mean()),
                 "saving": report.saving,
             }
         return measured[key]
+
+    def reported(key: tuple) -> dict:
+        """``accuracy`` and the drop on the test split, measured for chosen plans only (never used to choose)."""
+        stats = accuracy(key)
+        if "test_drop" not in stats:
+            preds, _, _ = predict(models[key], test, level="high", batch_size=batch_size)
+            stats["test_drop"] = 100 * float(
+                (dense_test == labels_test).double().mean() - (preds == labels_test).double().mean()
+            )
+        return stats
 
     rows = []
     chosen: dict[str, dict[int, tuple]] = {level: {} for level in levels}
@@ -248,7 +299,7 @@ def calibrate_plans(
                     break
             chosen[level][batch] = key
             below.append(key)
-            stats = accuracy(key)
+            stats = reported(key)
             row = {
                 "batch": batch,
                 "level": level,
@@ -292,6 +343,7 @@ def calibrate_plans(
         "calibration_images": calibration.size,
         "test_images": test.size,
         "stages": stages,
+        "extra_tables": {"tables": list(extra), "levels": list(extra_levels or levels)},
         "rows": rows,
         "plans": plans,
         "command": command,
@@ -378,6 +430,16 @@ def add_command(sub) -> None:
         "--confirm-seconds", type=non_negative_float, default=10.0,
         help="a chosen plan is timed again against its baseline, the two alone, for at least this long (default 10)",
     )  # fmt: skip
+    p.add_argument(
+        "--table", type=table_argument, nargs="+", default=[], metavar="HYPERPLANES[:SCHEDULE]",
+        help="more candidate tables, with their stage subsets (e.g. 14:layer4=8); each is taken only within a "
+        "level's budget, as measured",
+    )  # fmt: skip
+    p.add_argument(
+        "--table-levels", nargs="+", choices=BUDGETS, default=None, metavar="LEVEL",
+        help="the levels the --table candidates are for (default: every level; each candidate more is one more "
+        "chance that a table's calibration drop reads low by luck, so give a level only the tables meant for it)",
+    )  # fmt: skip
     p.add_argument("--test-limit", type=positive_int, default=2000, help="test images to report on (default 2000)")
     layout_argument(p)
     p.add_argument("--out", help="write the report to this path (.json)")
@@ -390,6 +452,8 @@ def _run(args) -> int:
     calibrate_plans(
         args.model,
         batches=sorted(set(args.batch)),
+        extra=args.table,
+        extra_levels=args.table_levels,
         rounds=args.rounds,
         warmup=args.warmup,
         margin_z=args.margin,

@@ -139,6 +139,22 @@ def test_kernel_profile_report(tmp_path):
         assert all(row["stages_us"][s] > 0 for s in ("hash", "gemm", "prepare", "loop"))
 
 
+def test_kernel_profile_at_uniform_hyperplanes_counts_fewer_buckets_with_fewer_planes(tmp_path):
+    """scripts/kernel_profile.py --hyperplanes: one entry per setting, every layer at it, with its mean buckets
+    per tile (fewer hyperplanes, fewer buckets: more channels share a code)."""
+    module = _script("kernel_profile")
+    out = tmp_path / "profile.json"
+    argv = ["--model", "fmnist-resnet18", "--batch", "1", "--layers", "layer4.1.conv2", "--hyperplanes", "16", "4",
+            "--rounds", "2", "--warmup", "1", "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert module.main(argv) == 0
+    report = json.loads(out.read_text())
+    many, few = report["batches"]
+    assert (many["hyperplanes"], few["hyperplanes"]) == (16, 4) and report["hyperplanes"] == [16, 4]
+    (row16,), (row4,) = many["layers"], few["layers"]
+    assert (row16["hyperplanes"], row4["hyperplanes"]) == (16, 4)
+    assert 1 <= row4["mean_buckets"] < row16["mean_buckets"] <= 512
+
+
 def _script(name: str):
     import importlib.util
     from pathlib import Path
