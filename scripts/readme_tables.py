@@ -369,6 +369,39 @@ def kernel_profile_table(prefix: str = "kernel-profile-fmnist-resnet34") -> list
     return [*lines, ""]
 
 
+def hyperplanes_profile_table(name: str = "kernel-profile-fmnist-resnet34-hyperplanes") -> list[str]:
+    """Per stage (layer1..4) and uniform hyperplanes: the layers' mean buckets, their kernel time against their
+    dense convs, and the stages that follow the bucket count (GEMM) or grow against it (merge, filters), summed
+    over the stage's layers (scripts/kernel_profile.py --hyperplanes)."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return []
+    report = json.loads(path.read_text())
+    lines = [
+        f"Which stages gain time from fewer hyperplanes: `{report['model']}`, batch "
+        f"{report['batches'][0]['batch']}, every layer of level `{report['level']}`'s table at each uniform setting, "
+        "alone on its input (`python scripts/kernel_profile.py --model fmnist-resnet34 --level medium --batch 1 "
+        f"--hyperplanes {' '.join(map(str, report['hyperplanes']))} --rounds 61 --out results/{name}.json`). Per "
+        "stage, summed over its layers: the mean buckets per tile over the channels, the kernel's wall time over the "
+        "dense convs' (`kernel/dense`), and the kernel's thread us in the GEMM and in merging (merge + filters).",
+        "",
+        "| stage | L | buckets / channels | kernel / dense | GEMM us | merge + filters us |",
+        "|---|---|---|---|---|---|",
+    ]
+    stages = sorted({r["layer"].split(".")[0] for e in report["batches"] for r in e["layers"]})
+    for stage in stages:
+        for entry in report["batches"]:
+            rows = [r for r in entry["layers"] if r["layer"].split(".")[0] == stage]
+            buckets = sum(r["mean_buckets"] for r in rows) / sum(r["channels"] for r in rows)
+            kernel = sum(r["kernel_us"] for r in rows) / sum(r["dense_us"] for r in rows)
+            gemm = sum(r["stages_us"]["gemm"] for r in rows)
+            merging = sum(r["stages_us"]["merge"] + r["stages_us"]["filters"] for r in rows)
+            lines.append(
+                f"| {stage} | {entry['hyperplanes']} | {buckets:.2f} | {kernel:.3f} | {gemm:.0f} | {merging:.0f} |"
+            )
+    return [*lines, ""]
+
+
 def section() -> str:
     lines = [
         "## Reference models",
@@ -406,6 +439,7 @@ def section() -> str:
         "## Where the CPU kernel's time goes",
         "",
         *kernel_profile_table(),
+        *hyperplanes_profile_table(),
         "## Sweeps",
         "",
         *sweep_tables(),
@@ -417,6 +451,23 @@ def section() -> str:
         *redundancy_tables(),
     ]
     return "\n".join(lines).rstrip("\n")
+
+
+def describe_plan(table: dict[str, int]) -> str:
+    """A plan entry's table in a few characters: the stages running HASTE (``layer`` dropped), with their
+    hyperplanes where the whole stage has one value ("1+2+3 at L16, 4 at L8"); "dense" for none. A stage whose
+    convs differ (the level's calibrated per-layer table) is named without a value."""
+    values: dict[str, int | None] = {}
+    for name, value in table.items():
+        stage = name.split(".")[0].removeprefix("layer")
+        values[stage] = value if "." not in name else None
+    groups: dict[int | None, list[str]] = {}
+    for stage, value in values.items():
+        groups.setdefault(value, []).append(stage)
+    return (
+        ", ".join("+".join(stages) + (f" at L{value}" if value is not None else "") for value, stages in groups.items())
+        or "dense"
+    )
 
 
 def levels_section(
@@ -437,23 +488,28 @@ def levels_section(
         for r in b["rows"]
     }
     batches = sorted({batch for batch, _ in rows})
-    stages = {(r["batch"], r["level"]): r["stages"] for r in plans["rows"]}
     plan_batches = sorted({r["batch"] for r in plans["rows"]})
 
     def plan_at(batch: int, level: str) -> str:
+        """The plan a batch of ``batch`` images runs at ``level`` and its drop on the test images of the search."""
         at = max((b for b in plan_batches if b <= batch), default=None)
-        chosen = stages.get((at, level), [])
-        return "+".join(s.removeprefix("layer") for s in chosen) if chosen else "dense"
+        entry = next((e for e in plans["plans"]["cpu"][level] if f"batch {at}" in e["measured"]), None)
+        if entry is None:
+            return "dense, 0.00"
+        return f"{describe_plan(entry['levels'])}, {entry['measured'][f'batch {at}']['test_drop']:.2f}"
 
     merge = calibrated.get("options", {}).get("merge", "mean")
-    head = " | ".join(f"batch {b}: HASTE stages, FLOPs saving, latency vs off" for b in batches)
+    head = " | ".join(f"batch {b}: plan, test drop, FLOPs saving, latency vs off" for b in batches)
     lines = [
         f"`{model}` (the ResNet34 reference, {merge} merge). Table: the level's calibrated per-layer table on the "
         f"Fashion-MNIST test split (10k images), FLOPs saving with hashing and merging counted as overhead. Per batch "
-        f"size: the plan the level runs there (the stages of layer1..4 that run HASTE, chosen by measured latency on "
-        f"the CPU engine, {plans['machine']['vector_isa']}, {plans['machine']['threads']} threads), its FLOPs saving "
-        f"and its latency as a ratio to level off (haste bench, {bench['machine']['threads']} threads: the median over "
-        f"rounds of its time over off's in the same round). From "
+        f"size: the plan the level runs there (the stages of layer1..4 that run HASTE, with their hyperplanes where a "
+        f"stage has one value, chosen by measured latency on the CPU engine, {plans['machine']['vector_isa']}, "
+        f"{plans['machine']['threads']} threads), its accuracy drop on the first {plans['test_images']} test images "
+        "(points; a plan's table may differ from the level's: see `haste calibrate-plans --table`), its FLOPs "
+        "saving and its latency as a ratio to level off (haste "
+        f"bench, {bench['machine']['threads']} threads: the median over rounds of its time over off's in the same "
+        "round). From "
         f"`results/calibrate-{model}.json`, `results/plans-{model}.json` and `results/{bench_file}`.",
         "",
         f"| level | table: test drop (pts) | table: FLOPs saving (%) | {head} |",
