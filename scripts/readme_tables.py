@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import typing
 from pathlib import Path
@@ -377,13 +378,16 @@ def hyperplanes_profile_table(name: str = "kernel-profile-fmnist-resnet34-hyperp
     if not path.exists():
         return []
     report = json.loads(path.read_text())
+    batch = report["batches"][0]["batch"]
+    hyperplanes = " ".join(map(str, report["hyperplanes"]))
+    rounds = re.search(r"then (\d+) rounds", report["protocol"]).group(1)  # the protocol names what ran
     lines = [
-        f"Which stages gain time from fewer hyperplanes: `{report['model']}`, batch "
-        f"{report['batches'][0]['batch']}, every layer of level `{report['level']}`'s table at each uniform setting, "
-        "alone on its input (`python scripts/kernel_profile.py --model fmnist-resnet34 --level medium --batch 1 "
-        f"--hyperplanes {' '.join(map(str, report['hyperplanes']))} --rounds 61 --out results/{name}.json`). Per "
-        "stage, summed over its layers: the mean buckets per tile over the channels, the kernel's wall time over the "
-        "dense convs' (`kernel/dense`), and the kernel's thread us in the GEMM and in merging (merge + filters).",
+        f"Which stages gain time from fewer hyperplanes: `{report['model']}`, batch {batch}, every layer of level "
+        f"`{report['level']}`'s table at each uniform setting, alone on its input (`python scripts/kernel_profile.py "
+        f"--model {report['model']} --level {report['level']} --batch {batch} --hyperplanes {hyperplanes} "
+        f"--rounds {rounds} --out results/{name}.json`; {report['protocol']}). Per stage, summed over its layers: "
+        "the mean buckets per tile over the channels, the kernel's wall time over the dense convs' (`kernel/dense`), "
+        "and the kernel's thread us in the GEMM and in merging (merge + filters).",
         "",
         "| stage | L | buckets / channels | kernel / dense | GEMM us | merge + filters us |",
         "|---|---|---|---|---|---|",
@@ -507,9 +511,8 @@ def levels_section(
         f"stage has one value, chosen by measured latency on the CPU engine, {plans['machine']['vector_isa']}, "
         f"{plans['machine']['threads']} threads), its accuracy drop on the first {plans['test_images']} test images "
         "(points; a plan's table may differ from the level's: see `haste calibrate-plans --table`), its FLOPs "
-        "saving and its latency as a ratio to level off (haste "
-        f"bench, {bench['machine']['threads']} threads: the median over rounds of its time over off's in the same "
-        "round). From "
+        f"saving and its latency as a ratio to level off (haste bench, {bench['machine']['threads']} threads: the "
+        "median over rounds of its time over off's in the same round). From "
         f"`results/calibrate-{model}.json`, `results/plans-{model}.json` and `results/{bench_file}`.",
         "",
         f"| level | table: test drop (pts) | table: FLOPs saving (%) | {head} |",
