@@ -83,6 +83,12 @@ def full_table(model: torch.nn.Module, level: str) -> dict[str, int]:
     return {m.name: m.levels[level] for m in model.modules() if isinstance(m, HasteConv2d)}
 
 
+def plan_entry(report: dict, level: str, batch: int) -> dict | None:
+    """The CPU plan entry of ``level`` that a ``calibrate-plans`` report chose at ``batch`` (one of its batch sizes;
+    ``{"batch", "levels", "measured"}``), or None."""
+    return next((e for e in report["plans"]["cpu"][level] if f"batch {batch}" in e["measured"]), None)
+
+
 def _parse_table(text: str) -> tuple[int, str]:
     """``HYPERPLANES[:SCHEDULE]`` -> (hyperplanes, schedule); ValueError saying what is accepted."""
     hyperplanes, _, schedule = text.partition(":")

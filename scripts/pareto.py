@@ -23,12 +23,13 @@ import torch
 from haste import zoo
 from haste.convert import convert
 from haste.options import Options
+from haste.plans import table_value
 from haste_lab import layout
 from haste_lab.bench import _real_images
 from haste_lab.evaluate import dense_copy
 from haste_lab.interleaved import interleaved_times, paired_ratio
 from haste_lab.layer_times import forward_at
-from haste_lab.plan_search import full_table, restricted
+from haste_lab.plan_search import full_table, plan_entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,12 +61,14 @@ def main(argv: list[str] | None = None) -> int:
                        + (" (the paper)" if row["merge"] == "mean" else ""),
                        "drop": row["drop_points_mean"], "flops_ratio": 1 - row["saving_mean"]})  # fmt: skip
     reference = convert(dense_copy(dense), plans={})
+    names = list(full_table(reference, "high"))
     off = set()  # settings run at level off: a plan with every layer dense runs so
     for row in plans["rows"]:
         if row["batch"] == args.batch:
             key = f"plan {row['level']}@{args.batch}"
-            table = restricted(full_table(reference, row["level"]), frozenset(row["stages"]))
+            chosen = plan_entry(plans, row["level"], args.batch)["levels"]  # the table the plan runs
             if row["stages"]:
+                table = {n: table_value(chosen, n) for n in names}
                 models[key] = convert(dense_copy(dense), plans={}, levels={"high": table})
             else:
                 models[key], _ = dense_copy(reference), off.add(key)

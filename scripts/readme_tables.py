@@ -26,6 +26,7 @@ import typing
 from pathlib import Path
 
 from haste.options import Options
+from haste_lab.plan_search import plan_entry
 from haste_lab.sweep import AXES, with_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -497,7 +498,7 @@ def levels_section(
     def plan_at(batch: int, level: str) -> str:
         """The plan a batch of ``batch`` images runs at ``level`` and its drop on the test images of the search."""
         at = max((b for b in plan_batches if b <= batch), default=None)
-        entry = next((e for e in plans["plans"]["cpu"][level] if f"batch {at}" in e["measured"]), None)
+        entry = plan_entry(plans, level, at)
         if entry is None:
             return "dense, 0.00"
         return f"{describe_plan(entry['levels'])}, {entry['measured'][f'batch {at}']['test_drop']:.2f}"
