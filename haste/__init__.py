@@ -7,6 +7,7 @@ imported on first use: it loads torchvision, which ``import haste`` does not nee
 
 from .convert import Conversion, conversion, convert, refresh, revert
 from .counting import count_flops
+from .fuse import fuse_batchnorm
 from .levels import DEFAULT_LEVEL, LEVELS, MAX_HYPERPLANES, compression
 from .module import HasteConv2d, Skip
 from .options import Options
@@ -26,6 +27,7 @@ __all__ = [
     "conversion",
     "convert",
     "count_flops",
+    "fuse_batchnorm",
     "profile",
     "refresh",
     "revert",

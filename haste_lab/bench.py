@@ -32,7 +32,8 @@ from haste.module import HasteConv2d
 from haste.plans import runs_dense
 from haste.profile import profile
 
-from . import layout
+from . import baseline, layout
+from .baseline import prepared
 from .interleaved import interleaved_times, paired_ratio, seconds
 from .layer_times import forward_at, layer_inputs, layer_times
 from .layout import in_layout
@@ -114,17 +115,21 @@ def bench_model(
     layers: bool = False,
     device: str = "cpu",
     layout: str = "channels_last",
+    fuse_batchnorm: bool = True,
     log=print,
 ) -> dict:
     """Benchmark one model; see the module docstring. ``layers``: also time every HASTE layer alone,
     dense and at each level (``haste_lab.layer_times``; CPU only, as ``stages``). ``device``: cpu or cuda.
-    ``layout``: the memory layout of both models (``haste_lab.layout``)."""
+    ``layout``: the memory layout of both models (``haste_lab.layout``). ``fuse_batchnorm``: convert the model with
+    its BatchNorms fused (``haste_lab.baseline``), so that level off is the fused dense model; ``dense`` is the
+    model as trained either way."""
     model, card, weights = load_model(name)
     dense = in_layout(copy.deepcopy(model).eval().to(device), layout)
-    convert(model)
+    convert(prepared(model, fuse_batchnorm))
     in_layout(model.to(device), layout)
     timed = seconds if torch.device(device).type != "cuda" else _cuda_seconds
-    result = {"model": name, "weights": weights, "device": device, "layout": layout, "batches": []}
+    result = {"model": name, "weights": weights, "device": device, "layout": layout,
+              "fuse_batchnorm": fuse_batchnorm, "batches": []}  # fmt: skip
     for batch in batches:
         x, source = _real_images(card, batch)
         x = x.to(device)
@@ -273,6 +278,7 @@ def run(
     layers=False,
     device="cpu",
     layout="channels_last",
+    fuse_batchnorm=True,
     log=print,
 ) -> dict:
     torch.set_num_threads(threads)
@@ -281,14 +287,19 @@ def run(
         raise ValueError("--stages and --layers profile the CPU kernel: use them with --device cpu")
     if not cuda:
         engine.cpu_kernel_available()
+    norms = "BatchNorms kept"
+    if fuse_batchnorm:
+        norms = "BatchNorms fused before conversion (off: the fused dense model; dense: as trained)"
     report = {
-        "protocol": f"torch threads {threads}; models in the {layout} layout; {warmup} warm-up rounds, then {rounds} "
-        "rounds of one forward per variant, interleaved in a new random order each round (seed 0); medians, min, max",
+        "protocol": f"torch threads {threads}; models in the {layout} layout; {norms}; {warmup} warm-up rounds, "
+        f"then {rounds} rounds of one forward per variant, interleaved in a new random order each round (seed 0); "
+        "medians, min, max",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads, "torch": torch.__version__,
                     "engine": "cpu" if engine.cpu_kernel_state() == "built" else f"reference ({engine.unavailable})"},
         "levels": dict(LEVELS),
         "models": [bench_model(m, batches=batches, levels=levels, rounds=rounds, warmup=warmup, stages=stages,
-                               layers=layers, device=device, layout=layout, log=log)
+                               layers=layers, device=device, layout=layout,
+                               fuse_batchnorm=fuse_batchnorm, log=log)
                    for m in models],
     }  # fmt: skip
     if cuda:
@@ -411,6 +422,7 @@ def add_command(sub) -> None:
         help="where the models run (default cpu; cuda: the Triton engine)",
     )
     layout.add_argument(p)
+    baseline.add_argument(p)
     p.add_argument("--json", dest="out", type=Path, help="write the report to this JSON file")
     p.add_argument("--markdown", type=Path, help="print the README table of a report written with --json, and exit")
     p.set_defaults(func=_cli)
@@ -454,5 +466,5 @@ def _cli(args) -> int:
         raise SystemExit("haste bench: error: --device cuda but CUDA is not available")
     run(args.models, batches=args.batch, levels=args.levels, rounds=args.rounds, warmup=args.warmup,
         threads=args.threads, stages=args.stages, layers=args.layers, device=args.device, layout=args.layout,
-        out=args.out)  # fmt: skip
+        fuse_batchnorm=args.fuse_batchnorm, out=args.out)  # fmt: skip
     return 0

@@ -12,7 +12,9 @@ every candidate more is one more chance that a calibration drop reads low by luc
 meant for it: given to every level, 77 candidates made level low's batch-1 plan a table that read 0.18 points on the
 calibration split and 0.85 on the test split, over its 0.5 budget). Each runs as
 the service runs a batch: the empty subset, every layer dense, is the converted model at level off; the others
-run with their FLOPs counted (``haste.profile``).
+run with their FLOPs counted (``haste.profile``). Every model, the dense reference included, has its BatchNorms fused
+into their convs first (``haste_lab.baseline``; ``--no-fuse-batchnorm`` keeps them), as the service holds it: level off
+is then the dense model a deployment would run without HASTE, and a plan must beat that.
 
 All candidates of a batch size are timed on real images for at least ``screen_seconds``, interleaved in a new
 random order each round, and ranked by their paired ratio to level off (the median over rounds of the ratio of
@@ -55,6 +57,8 @@ from haste.convert import convert
 from haste.plans import table_value
 from haste.profile import profile
 
+from . import baseline
+from .baseline import prepared
 from .calibrate import BUDGETS, MARGIN_Z
 from .evaluate import command_line, dense_copy, load_data, predict
 from .interleaved import interleaved_times, paired_ratio
@@ -175,15 +179,17 @@ def calibrate_plans(
     write_card: bool = False,
     command: str = "",
     layout: str = "channels_last",
+    fuse_batchnorm: bool = True,
     log=print,
 ) -> dict:
     """Choose the plans of ``model_name`` (its card's calibrated levels) for the CPU engine, its models timed in
     ``layout`` (``haste_lab.layout``; the service's default is channels-last); see the module docstring. Returns
     the report written to ``out`` (.json). ``extra``: more candidate tables (``extra_table``) for the
-    ``extra_levels`` (default: every level)."""
+    ``extra_levels`` (default: every level). ``fuse_batchnorm``: every model, the dense reference included, has its
+    BatchNorms fused (``haste_lab.baseline``), as the service holds it."""
     if not engine.cpu_kernel_available():
         raise ValueError(f"calibrate-plans measures the fused CPU kernel, which is unavailable: {engine.unavailable}")
-    dense = zoo.load(model_name)
+    dense = prepared(zoo.load(model_name), fuse_batchnorm)
     card = dense.haste_card
     reference = convert(dense_copy(dense), plans={})
     tables = {level: full_table(reference, level) for level in levels}
@@ -344,6 +350,7 @@ def calibrate_plans(
         f"{confirm_seconds:g} s), else the next of the tied candidates (at most {max_confirms}) is tried; ties within "
         f"{100 * tie:.0f}% go to the larger FLOPs saving",
         "layout": layout,
+        "fuse_batchnorm": fuse_batchnorm,
         "budgets_points": budgets,
         "margin_z": margin_z,
         "calibration_images": calibration.size,
@@ -448,6 +455,7 @@ def add_command(sub) -> None:
     )  # fmt: skip
     p.add_argument("--test-limit", type=positive_int, default=2000, help="test images to report on (default 2000)")
     layout_argument(p)
+    baseline.add_argument(p)
     p.add_argument("--out", help="write the report to this path (.json)")
     p.add_argument("--write-card", action="store_true", help="store the plans in the model card")
     p.set_defaults(func=_run)
@@ -471,5 +479,6 @@ def _run(args) -> int:
         write_card=args.write_card,
         command=command_line(),
         layout=args.layout,
+        fuse_batchnorm=args.fuse_batchnorm,
     )
     return 0

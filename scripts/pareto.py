@@ -24,7 +24,7 @@ from haste import zoo
 from haste.convert import convert
 from haste.options import Options
 from haste.plans import table_value
-from haste_lab import layout
+from haste_lab import baseline, layout
 from haste_lab.bench import _real_images
 from haste_lab.evaluate import dense_copy
 from haste_lab.interleaved import interleaved_times, paired_ratio
@@ -41,16 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--threads", type=int, default=2)
     layout.add_argument(p)
+    baseline.add_argument(p)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sweep = json.loads(args.sweep.read_text())
     plans = json.loads(args.plans.read_text())
-    dense = zoo.load(args.model)
+    trained = zoo.load(args.model).eval()
+    dense = baseline.prepared(dense_copy(trained), args.fuse_batchnorm)  # every setting below is built from it
     options = Options.from_mapping(dense.haste_card["haste"]["options"])
     x, _ = _real_images(dense.haste_card, args.batch)
     points = []
     models = {"dense": dense}
+    if args.fuse_batchnorm:  # the model as trained, for scale: what the fusion alone buys
+        models["dense, BatchNorms kept"] = trained
+        points.append({"setting": "dense, BatchNorms kept", "family": "dense as trained (BatchNorms kept)",
+                       "drop": 0.0, "flops_ratio": 1.0})  # fmt: skip
     for row in sweep["summary"]:
         if row["schedule"] or row["patch_size"] != options.patch_size or row["start_layer"] != options.start_layer:
             continue
@@ -78,21 +84,25 @@ def main(argv: list[str] | None = None) -> int:
     x = layout.in_layout(x, args.layout)
     with torch.inference_mode():
         runs = {
-            k: (lambda m=m, lv="off" if k == "dense" or k in off else "high": forward_at(m, x, lv))
+            k: (lambda m=m, lv="off" if k.startswith("dense") or k in off else "high": forward_at(m, x, lv))
             for k, m in models.items()
         }
         times = interleaved_times(runs, rounds=args.rounds, warmup=1, rng=random.Random(0))
     for point in points:  # paired: the median over rounds of the setting's time over dense's in the same round
         point["latency_ratio"] = paired_ratio(times[point["setting"]], times["dense"])["median"]
+    norms = "BatchNorms kept"
+    if args.fuse_batchnorm:
+        norms = "BatchNorms fused into the convs of every setting, dense included"
     report = {
         "model": args.model,
         "batch": args.batch,
         "threads": args.threads,
         "drop_split": sweep["split"],
         "layout": args.layout,
-        "protocol": f"{args.layout}; {args.rounds} rounds, all settings (the plans' tables of {args.plans.name} "
-        "included) interleaved in a new random order each round (seed 0); latency: the median over rounds of the "
-        "setting's time over dense's in the same round",
+        "fuse_batchnorm": args.fuse_batchnorm,
+        "protocol": f"{args.layout}; {norms}; {args.rounds} rounds, all settings (the plans' tables of "
+        f"{args.plans.name} included) interleaved in a new random order each round (seed 0); latency: the median over "
+        "rounds of the setting's time over dense's in the same round",
         "points": points,
         "command": " ".join(["python scripts/pareto.py", *sys.argv[1:]]),
     }
@@ -115,7 +125,7 @@ def plot(report: dict, path: Path) -> None:
     families = list(dict.fromkeys(p["family"] for p in report["points"]))
     labels = (f"latency / dense (batch {report['batch']})", "FLOPs / dense (overhead included)")
     for ax, axis, label in zip(axes, ("latency_ratio", "flops_ratio"), labels):
-        for family, marker in zip(families, "o^s"):
+        for family, marker in zip(families, "o^sD"):
             pts = sorted((p for p in report["points"] if p["family"] == family), key=lambda p: p[axis])
             ax.plot([p[axis] for p in pts], [p["drop"] for p in pts], marker=marker, label=family,
                     linestyle="-" if "uniform" in family else "none")  # fmt: skip

@@ -494,6 +494,7 @@ def levels_section(
     }
     batches = sorted({batch for batch, _ in rows})
     plan_batches = sorted({r["batch"] for r in plans["rows"]})
+    fused = any(m["model"] == model and m.get("fuse_batchnorm") for m in bench["models"])
 
     def plan_at(batch: int, level: str) -> str:
         """The plan a batch of ``batch`` images runs at ``level`` and its drop on the test images of the search."""
@@ -514,7 +515,8 @@ def levels_section(
         "(points; a plan's table may differ from the level's: see `haste calibrate-plans --table`), its FLOPs "
         f"saving and its latency as a ratio to level off (haste bench, {bench['machine']['threads']} threads: the "
         "median over rounds of its time over off's in the same round). From "
-        f"`results/calibrate-{model}.json`, `results/plans-{model}.json` and `results/{bench_file}`.",
+        f"`results/calibrate-{model}.json`, `results/plans-{model}.json` and `results/{bench_file}`."
+        + (baseline_note(rows, batches) if fused else ""),
         "",
         f"| level | table: test drop (pts) | table: FLOPs saving (%) | {head} |",
         "|---|---|---|" + "---|" * len(batches),
@@ -532,6 +534,26 @@ def levels_section(
             cells.append(f"{plan_at(b, level)}, {pct(r['flops_saving'], 1)}, {ratio:.2f}")
         lines.append(f"| {level} | {row['test_drop']:.2f} | {pct(row['saving'])} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def baseline_note(rows: dict, batches: list[int]) -> str:
+    """What level off is when the bench fused the BatchNorms, and how the model as trained (``dense``) compares."""
+    ratios = []
+    for b in batches:
+        dense = rows.get((b, "dense"))
+        if dense is not None and dense.get("paired_vs_off"):
+            ratios.append((b, dense["paired_vs_off"]["median"]))
+    measured = (
+        " The model as trained, BatchNorms kept, runs at "
+        + " / ".join(f"{r:.2f}" for _, r in ratios)
+        + " of off at batch "
+        + " / ".join(str(b) for b, _ in ratios)
+        + ": that much of a level's gain over the unfused model would be the fusion, not HASTE."
+    ) if ratios else ""  # fmt: skip
+    return (
+        " Level off is the dense model with its BatchNorms fused into the convs, as the service holds it "
+        "(`HASTE_FUSE_BATCHNORM`, on by default; the plans were searched against it)." + measured
+    )
 
 
 def loadtest_section(model: str = REFERENCE) -> str:

@@ -70,9 +70,11 @@ def _hyperplanes(model: nn.Module) -> dict[str, object]:
 
 
 def load(name: str, settings: Settings, device: torch.device) -> ServedModel:
-    """Load ``name`` through haste.zoo, convert it (the card's calibrated levels when present), move it."""
-    model = _zoo_load(name, settings)
+    """Load ``name`` through haste.zoo, fuse its BatchNorms (``HASTE_FUSE_BATCHNORM``), convert it (the card's
+    calibrated levels when present), move it."""
+    model = _zoo_load(name, settings).eval()
     card = dict(getattr(model, "haste_card", None) or haste.zoo.card(name))
+    fused = haste.fuse_batchnorm(model) if settings.fuse_batchnorm else {}
     haste.convert(model)
     layout = torch.channels_last if settings.channels_last else torch.preserve_format
     model = model.to(device, memory_format=layout).eval()
@@ -87,4 +89,5 @@ def load(name: str, settings: Settings, device: torch.device) -> ServedModel:
         device=device,
         hyperplanes=_hyperplanes(model),
         layout="channels_last" if settings.channels_last else "nchw",
+        fused_batchnorms=len(fused),
     )

@@ -66,6 +66,8 @@ class ServedModel:
     engine_unavailable: str | None = None
     #: The memory layout the model is held in: channels_last (HASTE_CHANNELS_LAST, the default) or nchw.
     layout: str = "nchw"
+    #: BatchNorms fused into their convs when loading (``HASTE_FUSE_BATCHNORM``; ``haste.fuse_batchnorm``).
+    fused_batchnorms: int = 0
     #: Dense multiply-adds per image (level off), measured by ``start``; None before.
     flops_dense: float | None = None
 
@@ -131,6 +133,7 @@ class ServedModel:
                 "options": conversion.options if conversion else {},
                 "converted_layers": len(conversion.replaced) if conversion else 0,
                 "dense_layers": conversion.skipped if conversion else {},
+                "fused_batchnorms": self.fused_batchnorms,
             },
             "levels": self.levels_table(),
             "calibration": self.card.get("haste"),

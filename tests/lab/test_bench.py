@@ -217,3 +217,25 @@ def test_a_level_runs_as_the_service_runs_it():
     for level in ("off", "low", "medium", "high"):
         expected = "off" if level == "off" or (engine.cpu_kernel_available() and level in dense_at_1) else level
         assert served_level(model, x, level) == expected
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_bench_converts_the_model_with_its_batchnorms_fused_unless_told_not(tmp_path, monkeypatch, fuse):
+    """--fuse-batchnorm (the default, as the service): level off is the dense model with its BatchNorms fused into
+    the convs (none left in the converted model); --no-fuse-batchnorm keeps them. The report says which."""
+    import haste_lab.bench as bench
+
+    converted = []
+    original = bench.convert
+    monkeypatch.setattr(bench, "convert", lambda model, **kw: converted.append(model) or original(model, **kw))
+    out = tmp_path / "bench.json"
+    flag = "--fuse-batchnorm" if fuse else "--no-fuse-batchnorm"
+    argv = ["bench", "--models", "fmnist-resnet18", "--batch", "1", "--levels", "off", "--rounds", "1",
+            "--warmup", "0", "--threads", "1", flag, "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    (model,) = converted
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert (not norms) is fuse and conversion(model) is not None
+    report = json.loads(out.read_text())
+    assert report["models"][0]["fuse_batchnorm"] is fuse
+    assert ("BatchNorms fused before conversion" in report["protocol"]) is fuse

@@ -125,12 +125,14 @@ class Server:
 
 
 class Offline:
-    """The same model, converted the same way and in the same memory layout (HASTE_CHANNELS_LAST's default), run
-    in this process: the reference answers."""
+    """The same model, its BatchNorms fused (HASTE_FUSE_BATCHNORM's default), converted the same way and in the same
+    memory layout (HASTE_CHANNELS_LAST's default), run in this process: the reference answers."""
 
     def __init__(self, name: str) -> None:
-        self.model = haste.zoo.load(name, WEIGHTS_DIR) if WEIGHTS_DIR else haste.zoo.load(name)
+        self.model = (haste.zoo.load(name, WEIGHTS_DIR) if WEIGHTS_DIR else haste.zoo.load(name)).eval()
         self.card = self.model.haste_card
+        if Settings().fuse_batchnorm:
+            haste.fuse_batchnorm(self.model)
         haste.convert(self.model)
         if Settings().channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -173,6 +173,35 @@ def test_models_are_held_in_the_layout_the_settings_name_and_answer_the_same_in_
         torch.testing.assert_close(nhwc.probs, nchw.probs, rtol=0, atol=1e-3)
 
 
+def test_batchnorms_are_fused_unless_the_settings_say_not_and_the_answers_agree():
+    """HASTE_FUSE_BATCHNORM: by default every BatchNorm of the reference model is fused into its conv (none is left)
+    and level off gives the model as trained up to float rounding; false keeps them, and off is then bit-exact. At
+    every level both give the same top label and scores within 1e-3 on real images."""
+    require_model()
+    trained = haste.zoo.load(MODEL, WEIGHTS_DIR) if WEIGHTS_DIR else haste.zoo.load(MODEL)
+    trained.eval().to(memory_format=torch.channels_last)
+    count = sum(isinstance(m, torch.nn.BatchNorm2d) for m in trained.modules())
+    assert count > 0
+    held = {}
+    for fuse in (True, False):
+        settings = Settings(models=[MODEL], weights_dir=WEIGHTS_DIR, fuse_batchnorm=fuse, max_batch_size=1)
+        model = registry.load(MODEL, settings, torch.device("cpu"))
+        model.flops_dense = 1.0  # run() needs only a number here: the FLOPs are not compared
+        norms = [m for m in model.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert (model.fused_batchnorms, len(norms)) == ((count, 0) if fuse else (0, count))
+        assert model.describe()["conversion"]["fused_batchnorms"] == model.fused_batchnorms
+        held[fuse] = model
+    x = torch.stack([to_input((FIXTURES / m["file"]).read_bytes(), held[True].spec) for m in MANIFEST[:4]])
+    with torch.inference_mode():
+        expected = trained(x).float().softmax(dim=1)
+    assert torch.equal(held[False].run("off", x).probs, expected)
+    torch.testing.assert_close(held[True].run("off", x).probs, expected, rtol=0, atol=1e-5)
+    for level in haste.LEVELS:
+        fused, kept = held[True].run(level, x), held[False].run(level, x)
+        assert fused.probs.argmax(1).tolist() == kept.probs.argmax(1).tolist(), level
+        torch.testing.assert_close(fused.probs, kept.probs, rtol=0, atol=1e-3)
+
+
 def test_latency_table_is_the_median_of_interleaved_runs_after_warm_up():
     """ServedModel.warm_up on a real model: the warm-up forwards come first; then every level is timed
     served.LATENCY_RUNS times at batch 1, levels interleaved, and each level's entry is a positive
