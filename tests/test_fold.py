@@ -14,10 +14,8 @@ from haste.fold import FoldedBatchNorm2d, batchnorm_pairs
 X = torch.randn(2, 3, 32, 32)
 
 
-def resnet() -> nn.Module:
-    """A torchvision resnet18 with BatchNorm statistics and affine parameters that are not the identity."""
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=10)
+def scrambled(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode, its BatchNorms' statistics and affine parameters drawn away from the identity."""
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             with torch.no_grad():
@@ -26,6 +24,12 @@ def resnet() -> nn.Module:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
     return model.eval()
+
+
+def resnet() -> nn.Module:
+    """A torchvision resnet18 with BatchNorm statistics and affine parameters that are not the identity."""
+    torch.manual_seed(0)
+    return scrambled(torchvision.models.resnet18(num_classes=10))
 
 
 def test_every_converted_conv_read_only_by_a_batchnorm_takes_it_in():
