@@ -33,7 +33,6 @@ from haste.plans import runs_dense
 from haste.profile import profile
 
 from . import baseline, layout
-from .baseline import prepared
 from .interleaved import interleaved_times, paired_ratio, seconds
 from .layer_times import forward_at, layer_inputs, layer_times
 from .layout import in_layout
@@ -125,7 +124,7 @@ def bench_model(
     model as trained either way."""
     model, card, weights = load_model(name)
     dense = in_layout(copy.deepcopy(model).eval().to(device), layout)
-    convert(prepared(model, fuse_batchnorm))
+    convert(baseline.prepared(model, fuse_batchnorm))
     in_layout(model.to(device), layout)
     timed = seconds if torch.device(device).type != "cuda" else _cuda_seconds
     result = {"model": name, "weights": weights, "device": device, "layout": layout,

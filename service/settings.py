@@ -57,8 +57,8 @@ class Settings(BaseSettings):
         default=True,
         description="Fuse each BatchNorm into the conv before it when loading a model (haste.fuse_batchnorm; the "
         "same answers up to float rounding): level off then runs the dense model a deployment would run, one op "
-        "per conv instead of two (fmnist-resnet34, batch 1: results/bench-fmnist-resnet34-plans.json), and the "
-        "plans in the reference cards were measured so. false: the model as trained; off is then bit-exact.",
+        "per conv instead of two (fmnist-resnet34, batch 1: results/bench-fmnist-resnet34-plans.json; its card's "
+        "plans were searched so). false: the model as trained; off is then bit-exact.",
     )
     max_batch_size: int = Field(default=8, ge=1, le=1024, description="Largest batch one forward pass runs.")
     max_batch_delay_ms: float = Field(

@@ -124,12 +124,17 @@ class Server:
         os.unlink(self.log.name)
 
 
+def trained(name: str) -> torch.nn.Module:
+    """``name`` from haste.zoo (WEIGHTS_DIR when set), as trained: dense, BatchNorms kept, in eval mode."""
+    return (haste.zoo.load(name, WEIGHTS_DIR) if WEIGHTS_DIR else haste.zoo.load(name)).eval()
+
+
 class Offline:
     """The same model, its BatchNorms fused (HASTE_FUSE_BATCHNORM's default), converted the same way and in the same
     memory layout (HASTE_CHANNELS_LAST's default), run in this process: the reference answers."""
 
     def __init__(self, name: str) -> None:
-        self.model = (haste.zoo.load(name, WEIGHTS_DIR) if WEIGHTS_DIR else haste.zoo.load(name)).eval()
+        self.model = trained(name)
         self.card = self.model.haste_card
         if Settings().fuse_batchnorm:
             haste.fuse_batchnorm(self.model)

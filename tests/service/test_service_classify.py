@@ -7,7 +7,7 @@ import concurrent.futures
 import httpx
 import pytest
 import torch
-from service_support import FIXTURES, MANIFEST, MODEL, WEIGHTS_DIR, Offline
+from service_support import FIXTURES, MANIFEST, MODEL, Offline, trained
 
 import haste
 
@@ -133,8 +133,7 @@ def test_models_endpoints(client):
     for key in ("arch", "version", "device", "input", "preprocessing", "labels", "conversion", "levels"):
         assert key in detail
     assert detail["device"] == "cpu" and detail["layout"] == "channels_last"  # HASTE_CHANNELS_LAST's default
-    trained = haste.zoo.load(MODEL, WEIGHTS_DIR) if WEIGHTS_DIR else haste.zoo.load(MODEL)
-    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in trained.modules())
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in trained(MODEL).modules())
     assert detail["conversion"]["fused_batchnorms"] == norms > 0  # HASTE_FUSE_BATCHNORM's default: all of them
     assert [row["level"] for row in detail["levels"]] == LEVELS
     assert detail["levels"][0]["hyperplanes"] == 0

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
-from service_support import FIXTURES, MANIFEST, MODEL, WEIGHTS_DIR, require_model
+from service_support import FIXTURES, MANIFEST, MODEL, WEIGHTS_DIR, require_model, trained
 
 import haste
 from haste.cli import build_parser
@@ -178,9 +178,8 @@ def test_batchnorms_are_fused_unless_the_settings_say_not_and_the_answers_agree(
     and level off gives the model as trained up to float rounding; false keeps them, and off is then bit-exact. At
     every level both give the same top label and scores within 1e-3 on real images."""
     require_model()
-    trained = haste.zoo.load(MODEL, WEIGHTS_DIR) if WEIGHTS_DIR else haste.zoo.load(MODEL)
-    trained.eval().to(memory_format=torch.channels_last)
-    count = sum(isinstance(m, torch.nn.BatchNorm2d) for m in trained.modules())
+    reference = trained(MODEL).to(memory_format=torch.channels_last)
+    count = sum(isinstance(m, torch.nn.BatchNorm2d) for m in reference.modules())
     assert count > 0
     held = {}
     for fuse in (True, False):
@@ -193,7 +192,7 @@ def test_batchnorms_are_fused_unless_the_settings_say_not_and_the_answers_agree(
         held[fuse] = model
     x = torch.stack([to_input((FIXTURES / m["file"]).read_bytes(), held[True].spec) for m in MANIFEST[:4]])
     with torch.inference_mode():
-        expected = trained(x).float().softmax(dim=1)
+        expected = reference(x).float().softmax(dim=1)
     assert torch.equal(held[False].run("off", x).probs, expected)
     torch.testing.assert_close(held[True].run("off", x).probs, expected, rtol=0, atol=1e-5)
     for level in haste.LEVELS:
