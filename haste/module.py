@@ -297,10 +297,22 @@ class HasteConv2d(nn.Module):
         return y
 
     def _apply(self, fn, recurse=True):
+        self._forget_calls()
+        return super()._apply(fn, recurse)
+
+    def _forget_calls(self) -> None:
+        """Drop what the layer keeps from its calls (the CPU operands, a folded BatchNorm's affine, the kernel's kept
+        calls): rebuilt on the next call."""
         self._cpu_cache = None
         self._folded = None
         self._calls = {}
-        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        # copy.deepcopy and torch.save (pickle) of a model that has run: the kernel's kept calls cannot be pickled,
+        # and a copy's calls must read the copy's weights, not the original's
+        state = super().__getstate__()
+        state.update(_cpu_cache=None, _folded=None, _calls={})
+        return state
 
     def _geometry_for(self, size: tuple[int, int]) -> Geometry:
         """The tiling for inputs of ``size`` (ValueError if the conv has no output), memoised per size."""

@@ -125,6 +125,25 @@ def test_the_triton_engine_on_cpu_tensors_says_it_needs_cuda():
             layer(torch.randn(1, 8, 12, 12))
 
 
+def test_a_model_that_has_run_copies_and_pickles_and_the_copy_reads_its_own_weights():
+    import copy
+    import io
+
+    model = haste.convert(net())
+    expected = _outputs(model)  # the layers now keep their calls (the CPU kernel's, when it is built)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for twin in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+        for level, y in _outputs(twin).items():
+            assert torch.equal(y, expected[level]), level
+        with torch.no_grad():
+            twin[1].conv.weight.mul_(2)
+        changed = _outputs(twin)
+        assert not torch.equal(changed["high"], expected["high"])
+        assert all(torch.equal(y, expected[level]) for level, y in _outputs(model).items())
+
+
 def test_jit_trace_export_and_script_say_what_works():
     model = haste.convert(net())
     with torch.no_grad():
