@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +22,15 @@ from .profile import Counted, active
 from .tiles import Geometry, geometry
 
 _EXPORT_ERROR = (
-    "HASTE layer {layer!r}: torch.jit.trace and torch.export cannot capture HASTE layers at a level other than off "
-    "(the kernel is invisible to the tracer: the trace would hold one constant output). torch.compile works; to "
-    "export the dense model, trace it at level off (inside haste.compression('off') the original convs are "
-    "recorded) or after haste.revert(model)"
+    "HASTE layer {layer!r}: torch.export cannot capture HASTE layers at a level other than off. torch.jit.trace "
+    "can, on the fused CPU kernel (float32 CPU inputs, no gradients: trace under torch.no_grad()), and "
+    "torch.compile works; to export the dense model, export it at level off (inside haste.compression('off') the "
+    "original convs are recorded) or after haste.revert(model)"
+)
+_TRACE_ERROR = (
+    "HASTE layer {layer!r}: torch.jit.trace records HASTE layers at a level other than off only on the fused CPU "
+    "kernel (float32 CPU inputs, no gradients: trace under torch.no_grad()); this call would run the {engine} "
+    "engine{why}. torch.compile works on every engine; to trace the dense model, trace it at level off"
 )
 _Proxy = torch.fx.Proxy
 
@@ -54,6 +61,18 @@ def _weights_key(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
 def _capturing() -> bool:
     """Whether torch.compile, torch.export or torch.jit.trace records this call (the fast path steps aside)."""
     return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+@contextlib.contextmanager
+def _untraced() -> Iterator[None]:
+    """Pause torch.jit.trace's recording: sizes read are ints (traced, they are tensors, and comparing them warns
+    that the trace might not generalise), tensors made are not recorded (they enter the trace as constants)."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
 
 
 def _channels_last_only(x: torch.Tensor) -> bool:
@@ -358,6 +377,8 @@ class HasteConv2d(nn.Module):
             # torch.export record the original conv; a folded BatchNorm runs where the model calls it)
             conv = self.conv
             return conv._conv_forward(x, conv.weight, conv.bias)
+        if torch.jit.is_tracing():
+            return self._traced(x, setting)
         call = self._calls.get((setting.level, setting.hyperplanes, x.shape))
         if call is not None and not _capturing():
             kept, kernel, normed, counted = call
@@ -457,6 +478,33 @@ class HasteConv2d(nn.Module):
                            if v is not None and k != "num_batches_tracked"]  # fmt: skip
         return guards, entries
 
+    def _traced(self, x: torch.Tensor, setting: _levels.Setting) -> torch.Tensor:
+        """What ``torch.jit.trace`` records for this layer at a level other than off: its dense conv where the level
+        (its plan for the traced batch size) runs it dense, else the CPU kernel as the torch operator
+        ``torch.ops.haste.conv2d``, its operands (the weight in the kernel's layout, the planes, a folded
+        BatchNorm's affine) recorded as constants. RuntimeError where the call would not run on the CPU kernel."""
+        with _untraced():
+            shape = tuple(x.shape)
+        layer = self.name or "HasteConv2d"
+        if len(shape) != 4:
+            raise ValueError(f"{layer}: torch.jit.trace needs a 4D (N, C, H, W) input; got shape {shape}")
+        if shape[1] != self.conv.in_channels:
+            raise ValueError(f"{layer} expects {self.conv.in_channels} input channels; got {shape[1]}")
+        weight = self.conv.weight
+        name = engine.choose(x, weight)
+        hyperplanes = self.hyperplanes(setting, batch=shape[0], engine=name if self.plans else None)
+        if hyperplanes == 0:
+            return self._normed(self.conv._conv_forward(x, weight, self.conv.bias), setting)
+        if name != "cpu":
+            why = engine.explain(x, weight)[1]
+            raise RuntimeError(_TRACE_ERROR.format(layer=self.name, engine=name, why=f" ({why})" if why else ""))
+        self._geometry_for(shape[2:])  # checks the size, naming the layer
+        bn = self._foldable()  # applied by the kernel as it writes
+        with _untraced():
+            weight_t, bias, planes, scale = self._cpu_operands(hyperplanes, bn)
+        y = engine.traced_conv2d(x, weight_t, bias, planes, *self._static, scale)
+        return self._normed(y, setting) if bn is None else y
+
     def _forward(self, x: torch.Tensor, setting: _levels.Setting) -> torch.Tensor:
         if isinstance(x, _Proxy):  # torch.fx symbolic tracing: one call of this module (a leaf)
             return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), (x,), {})
@@ -480,7 +528,7 @@ class HasteConv2d(nn.Module):
                 counted = counted or self._counted(None, 0, y)
                 collector.count(self, counted, None, y.shape[0] if y.dim() == 4 else 1)
             return self._normed(y, setting)
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        if torch.compiler.is_exporting():
             raise RuntimeError(_EXPORT_ERROR.format(layer=self.name))
         if x.dim() != 4:
             if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts

@@ -14,6 +14,8 @@ Targets (each a section between ``<!-- NAME:begin ... -->`` and ``<!-- NAME:end 
   results/bar-*.json and results/redundancy-*.json.
 - docs/settings.md, ``settings``: the service's settings (``settings_section``), from service/settings.py.
 - docs/library.md, ``options``: the conversion options (``options_section``), from haste/options.py.
+- docs/engines.md, ``graph-mode``: each level eager and traced (``graph_mode_section``), from
+  results/graph-mode-<REFERENCE>.json.
 """
 
 from __future__ import annotations
@@ -596,6 +598,21 @@ def loadtest_section(model: str = REFERENCE) -> str:
     return "\n".join(lines)
 
 
+def graph_mode_section(model: str = REFERENCE) -> str:
+    """Each level eager and as a frozen torch.jit trace, and the dense model under torch.compile
+    (results/graph-mode-MODEL.json, written by scripts/graph_mode.py)."""
+    from graph_mode import markdown  # scripts/graph_mode.py, beside this script
+
+    report = json.loads((RESULTS / f"graph-mode-{model}.json").read_text())
+    return "\n".join([
+        f"`{model}` ({report['weights']}, BatchNorms {'fused' if report['fuse_batchnorm'] else 'kept'}, "
+        f"{report['layout']}, each level at the plan the service runs for the batch size; torch {report['torch']}, "
+        f"{report['threads']} threads): {report['protocol']}. `{report['command']}`:",
+        "",
+        markdown(report),
+    ])  # fmt: skip
+
+
 def settings_section() -> str:
     """The service's settings as a table: variable, default, accepted values, meaning (service/settings.py)."""
     from service.settings import Settings
@@ -665,6 +682,7 @@ def targets() -> list[tuple[Path, str, typing.Callable[[], str]]]:
         (ROOT / "README.md", "loadtest", loadtest_section),
         (DOCS / "service.md", "loadtest", lambda: loadtest_section().replace("](results/", "](../results/")),
         (DOCS / "results.md", "results", section),
+        (DOCS / "engines.md", "graph-mode", graph_mode_section),
         (DOCS / "settings.md", "settings", settings_section),
         (DOCS / "library.md", "options", options_section),
     ]

@@ -43,21 +43,29 @@ def _build(variant: str, flags: list[str]):
     """
     source = Path(__file__).with_name("haste_cpu.cpp")
     name = build_name(variant, flags)
+    flags = _with_namespace(variant, flags)
     cpp_log = logging.getLogger("torch.utils.cpp_extension")
     quiet = _DropCudaHomeNotice()  # said on import by a CUDA build of torch on a machine without CUDA: moot here
     cpp_log.addFilter(quiet)
     try:
         from torch.utils.cpp_extension import load
 
-        return load(name, [str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+        module = load(name, [str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+        module.operators = getattr(torch.ops, f"haste{variant}")  # torch.ops.haste.conv2d: traced_conv2d
+        return module
     finally:
         cpp_log.removeFilter(quiet)
+
+
+def _with_namespace(variant: str, flags: list[str]) -> list[str]:
+    """``flags`` and the namespace of the build's torch operator, ``haste<variant>``: one per build in a process."""
+    return [*flags, f"-DHASTE_OPS=haste{variant}"]
 
 
 def build_name(variant: str, flags: list[str]) -> str:
     """The extension's name (and build directory): ``haste_cpu<variant>_<hash of what goes into the build>``."""
     source = Path(__file__).with_name("haste_cpu.cpp")
-    key = "\0".join([str(source), source.read_text(), *flags, torch.__version__, sys.prefix])
+    key = "\0".join([str(source), source.read_text(), *_with_namespace(variant, flags), torch.__version__, sys.prefix])
     return f"haste_cpu{variant}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -298,6 +306,18 @@ def cpu_conv2d(
 
 
 EMPTY = torch.empty(0)
+
+
+def traced_conv2d(
+    x, weight_t, bias, planes, kernel, stride, padding, patch, scaled, out_channels, scale=None
+) -> torch.Tensor:
+    """``cpu_conv2d``'s output through the kernel's torch operator, ``torch.ops.haste.conv2d``: what
+    ``torch.jit.trace`` records for a HASTE layer (a traced model then runs the kernel; the operator is registered
+    when the kernel is built: ``cpu_kernel_available()``). No buckets nor sums."""
+    return _module.operators.conv2d(
+        x, weight_t, bias, planes, [*kernel, *stride, *padding, patch], scaled, out_channels,
+        EMPTY if scale is None else scale,
+    )  # fmt: skip
 
 
 def kept_call(

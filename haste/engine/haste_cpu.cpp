@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -882,11 +883,39 @@ class Call {
   py::object counted_;  // what run appends to a sink list with the sums (haste.profile.Counted)
 };
 
+// The kernel as a torch operator, torch.ops.haste.conv2d (torch.ops.haste_profile.conv2d in the profiling build:
+// a namespace is registered once per process): what torch.jit.trace records for a HASTE layer at a level other than
+// off, so that a traced model (frozen, saved, loaded in C++) runs the kernel. haste_conv2d_cpu's operands, the
+// geometry as one list (kh, kw, sh, sw, pad_l, pad_r, pad_t, pad_b, patch); returns the channels-last output.
+torch::Tensor conv2d_op(torch::Tensor x, torch::Tensor wt, torch::Tensor bias, torch::Tensor planes,
+                        std::vector<int64_t> geometry, bool scaled, int64_t o, torch::Tensor scale) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 4,
+              "haste conv2d: the input must be a float32 (N, C, H, W) CPU tensor; got ", x.scalar_type(), " ",
+              x.sizes(), " on ", x.device());
+  TORCH_CHECK(geometry.size() == 9, "haste conv2d: geometry is kh, kw, sh, sw, pad_l, pad_r, pad_t, pad_b, patch");
+  const auto& g = geometry;
+  const Planes P(planes, scaled);
+  std::optional<py::gil_scoped_release> nogil;  // other Python threads run meanwhile (TorchScript may hold no GIL)
+  if (PyGILState_Check()) nogil.emplace();
+  return haste_conv2d(x, wt, bias, P, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], o, scale, false)[0];
+}
+
 // Stage totals in seconds since the last reset (all zero unless built with -DHASTE_PROFILE).
 std::vector<double> stage_seconds(bool reset) {
   std::vector<double> out;
   for (auto& v : stage_ns) out.push_back((reset ? v.exchange(0) : v.load()) * 1e-9);
   return out;
+}
+
+#ifndef HASTE_OPS
+#define HASTE_OPS haste
+#endif
+#define HASTE_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)  // expands HASTE_OPS first
+
+HASTE_LIBRARY(HASTE_OPS, m) {
+  m.def("conv2d(Tensor x, Tensor wt, Tensor bias, Tensor planes, int[] geometry, bool scaled, int out_channels, "
+        "Tensor scale) -> Tensor",
+        &conv2d_op);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
