@@ -12,6 +12,7 @@ from .levels import DEFAULT_LEVEL, LEVELS, MAX_HYPERPLANES, compression
 from .module import HasteConv2d, Skip
 from .options import Options
 from .profile import LayerStats, Report, profile
+from .trace import Traced, trace
 
 __all__ = [
     "LEVELS",
@@ -23,6 +24,7 @@ __all__ = [
     "Options",
     "Report",
     "Skip",
+    "Traced",
     "compression",
     "conversion",
     "convert",
@@ -31,6 +33,7 @@ __all__ = [
     "profile",
     "refresh",
     "revert",
+    "trace",
     "zoo",
 ]
 __version__ = "0.1.0"

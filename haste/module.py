@@ -15,6 +15,7 @@ from . import engine
 from . import levels as _levels
 from . import options as _options
 from . import plans as _plans
+from . import trace as _trace
 from .flops import conv_flops, layer_constants, tile_sums
 from .functional import conv_padding
 from .lsh import sample_hyperplanes
@@ -494,15 +495,23 @@ class HasteConv2d(nn.Module):
         name = engine.choose(x, weight)
         hyperplanes = self.hyperplanes(setting, batch=shape[0], engine=name if self.plans else None)
         if hyperplanes == 0:
+            if shape[2] * shape[3] <= _DENSE_NCHW_MAX_PIXELS and _channels_last_only(x) and weight.is_contiguous():
+                x = x.contiguous()  # as _forward: a HASTE layer's channels-last output into an NCHW model
             return self._normed(self.conv._conv_forward(x, weight, self.conv.bias), setting)
         if name != "cpu":
             why = engine.explain(x, weight)[1]
             raise RuntimeError(_TRACE_ERROR.format(layer=self.name, engine=name, why=f" ({why})" if why else ""))
-        self._geometry_for(shape[2:])  # checks the size, naming the layer
+        geo = self._geometry_for(shape[2:])  # checks the size, naming the layer
         bn = self._foldable()  # applied by the kernel as it writes
         with _untraced():
             weight_t, bias, planes, scale = self._cpu_operands(hyperplanes, bn)
-        y = engine.traced_conv2d(x, weight_t, bias, planes, *self._static, scale)
+        sink = _trace.recording()
+        if sink is None:
+            y = engine.traced_conv2d(x, weight_t, bias, planes, *self._static, scale)
+        else:  # haste.trace: the per-image sums too, for the trace's FLOPs count
+            y, sums = engine.traced_conv2d(x, weight_t, bias, planes, *self._static, scale, sums=True)
+            with _untraced():
+                sink.append((self._counted(geo, hyperplanes, y), sums))
         return self._normed(y, setting) if bn is None else y
 
     def _forward(self, x: torch.Tensor, setting: _levels.Setting) -> torch.Tensor:

@@ -120,3 +120,34 @@ def test_the_operator_rejects_an_input_it_cannot_run(dense, images):
         trace(torch.randn(1, 16, 8, 8, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="wt must be"):  # 8 channels where the conv takes 16
         trace(torch.randn(1, 8, 8, 8))
+
+
+@pytest.mark.parametrize(("level", "batch"), [("high", 1), ("high", 4), ("low", 3), ("off", 2)])
+def test_haste_trace_counts_what_the_profile_counts(dense, images, level, batch):
+    model = copy.deepcopy(dense)
+    haste.fuse_batchnorm(model)
+    haste.convert(model, plans=PLANS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = haste.trace(model, images[:batch], level)
+    assert traced.level == level and traced.batch == batch and traced.size == tuple(images.shape[2:])
+    for x in (images[:batch], images.flip(0)[:batch]):  # the example, and other images (same batch size, same plan)
+        with torch.no_grad(), haste.compression(level), haste.profile(model, dense_layers=False) as report:
+            expected = model(x)
+        y, saved = traced(x)
+        assert torch.equal(y, expected)
+        assert saved.tolist() == pytest.approx([d - e - o for d, e, o in report.per_image], rel=1e-12, abs=1e-6)
+    assert len(traced.calls) == haste_layers_at(model, images[:batch], level)
+    runs_haste = (level, batch) in {("high", 1), ("low", 3)}  # PLANS: high's batch-4 entry is all dense
+    assert bool(traced.calls) == bool(saved.all()) == runs_haste
+
+
+def test_haste_trace_says_what_it_takes(dense, images):
+    model = haste.convert(copy.deepcopy(dense))
+    traced = haste.trace(model, images[:1], "high")
+    with pytest.raises(ValueError, match=r"this trace takes \(N, C, 32, 32\) inputs.*got shape \(1, 1, 28, 28\)"):
+        traced(images[:1, :, :28, :28])
+    with pytest.raises(ValueError, match=r"haste.trace takes an example batch \(N, C, H, W\)"):
+        haste.trace(model, images[0], "high")
+    with engine.forced("reference"), pytest.raises(RuntimeError, match="would run the reference engine"):
+        haste.trace(model, images[:1], "high")

@@ -309,12 +309,14 @@ EMPTY = torch.empty(0)
 
 
 def traced_conv2d(
-    x, weight_t, bias, planes, kernel, stride, padding, patch, scaled, out_channels, scale=None
-) -> torch.Tensor:
+    x, weight_t, bias, planes, kernel, stride, padding, patch, scaled, out_channels, scale=None, *, sums=False
+):
     """``cpu_conv2d``'s output through the kernel's torch operator, ``torch.ops.haste.conv2d``: what
     ``torch.jit.trace`` records for a HASTE layer (a traced model then runs the kernel; the operator is registered
-    when the kernel is built: ``cpu_kernel_available()``). No buckets nor sums."""
-    return _module.operators.conv2d(
+    when the kernel is built: ``cpu_kernel_available()``). With ``sums``, (output, per-image sums (N, 2) float64:
+    ``flops.tile_sums``' rows) through ``torch.ops.haste.conv2d_sums``."""
+    op = _module.operators.conv2d_sums if sums else _module.operators.conv2d
+    return op(
         x, weight_t, bias, planes, [*kernel, *stride, *padding, patch], scaled, out_channels,
         EMPTY if scale is None else scale,
     )  # fmt: skip

@@ -887,8 +887,9 @@ class Call {
 // a namespace is registered once per process): what torch.jit.trace records for a HASTE layer at a level other than
 // off, so that a traced model (frozen, saved, loaded in C++) runs the kernel. haste_conv2d_cpu's operands, the
 // geometry as one list (kh, kw, sh, sw, pad_l, pad_r, pad_t, pad_b, patch); returns the channels-last output.
-torch::Tensor conv2d_op(torch::Tensor x, torch::Tensor wt, torch::Tensor bias, torch::Tensor planes,
-                        std::vector<int64_t> geometry, bool scaled, int64_t o, torch::Tensor scale) {
+std::vector<torch::Tensor> conv2d_call(const torch::Tensor& x, const torch::Tensor& wt, const torch::Tensor& bias,
+                                       const torch::Tensor& planes, const std::vector<int64_t>& geometry, bool scaled,
+                                       int64_t o, const torch::Tensor& scale, bool want_sums) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 4,
               "haste conv2d: the input must be a float32 (N, C, H, W) CPU tensor; got ", x.scalar_type(), " ",
               x.sizes(), " on ", x.device());
@@ -897,7 +898,21 @@ torch::Tensor conv2d_op(torch::Tensor x, torch::Tensor wt, torch::Tensor bias, t
   const Planes P(planes, scaled);
   std::optional<py::gil_scoped_release> nogil;  // other Python threads run meanwhile (TorchScript may hold no GIL)
   if (PyGILState_Check()) nogil.emplace();
-  return haste_conv2d(x, wt, bias, P, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], o, scale, false)[0];
+  return haste_conv2d(x, wt, bias, P, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], o, scale, want_sums);
+}
+
+torch::Tensor conv2d_op(torch::Tensor x, torch::Tensor wt, torch::Tensor bias, torch::Tensor planes,
+                        std::vector<int64_t> geometry, bool scaled, int64_t o, torch::Tensor scale) {
+  return conv2d_call(x, wt, bias, planes, geometry, scaled, o, scale, false)[0];
+}
+
+// The same with the per-image sums (N, 2) float64: (sum of buckets x valid output pixels, sum of buckets) per image,
+// haste.flops.tile_sums' rows, from which haste.trace counts a traced forward's multiply-adds.
+std::tuple<torch::Tensor, torch::Tensor> conv2d_sums_op(torch::Tensor x, torch::Tensor wt, torch::Tensor bias,
+                                                        torch::Tensor planes, std::vector<int64_t> geometry,
+                                                        bool scaled, int64_t o, torch::Tensor scale) {
+  auto out = conv2d_call(x, wt, bias, planes, geometry, scaled, o, scale, true);
+  return {out[0], out[2]};
 }
 
 // Stage totals in seconds since the last reset (all zero unless built with -DHASTE_PROFILE).
@@ -916,6 +931,9 @@ HASTE_LIBRARY(HASTE_OPS, m) {
   m.def("conv2d(Tensor x, Tensor wt, Tensor bias, Tensor planes, int[] geometry, bool scaled, int out_channels, "
         "Tensor scale) -> Tensor",
         &conv2d_op);
+  m.def("conv2d_sums(Tensor x, Tensor wt, Tensor bias, Tensor planes, int[] geometry, bool scaled, int out_channels, "
+        "Tensor scale) -> (Tensor, Tensor)",
+        &conv2d_sums_op);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
