@@ -518,7 +518,8 @@ def levels_section(
         f"saving and its latency as a ratio to level off (haste bench, {bench['machine']['threads']} threads: the "
         "median over rounds of its time over off's in the same round). From "
         f"`results/calibrate-{model}.json`, `results/plans-{model}.json` and `results/{bench_file}`."
-        + (baseline_note(rows, batches) if fused else ""),
+        + (baseline_note(rows, batches) if fused else "")
+        + graph_note(model),
         "",
         f"| level | table: test drop (pts) | table: FLOPs saving (%) | {head} |",
         "|---|---|---|" + "---|" * len(batches),
@@ -536,6 +537,30 @@ def levels_section(
             cells.append(f"{plan_at(b, level)}, {pct(r['flops_saving'], 1)}, {ratio:.2f}")
         lines.append(f"| {level} | {row['test_drop']:.2f} | {pct(row['saving'])} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def graph_note(model: str) -> str:
+    """How the levels compare where the service runs them, as traces (results/graph-mode-MODEL.json), if measured."""
+    path = RESULTS / f"graph-mode-{model}.json"
+    if not path.exists():
+        return ""
+    report = json.loads(path.read_text())
+    ratios = {}
+    for entry in report["batches"]:
+        rows = {r["variant"]: r for r in entry["rows"]}
+        ratios[entry["batch"]] = (
+            rows["off traced"]["vs_off_eager"]["median"],
+            rows["high traced"]["vs_off_traced"]["median"],
+        )
+    batches = " / ".join(str(b) for b in ratios)
+    return (
+        " These latencies are the eager model's (through its Python, as `haste.compression` runs it); the service runs "
+        "each level as a torch.jit trace (`HASTE_GRAPH_MODE`, on by default on CPU), where level off takes "
+        + " / ".join(f"{off:.2f}" for off, _ in ratios.values())
+        + " of the eager off's time and high "
+        + " / ".join(f"{high:.2f}" for _, high in ratios.values())
+        + f" of the traced off's at batch {batches} (`results/{path.name}`; docs/engines.md, graph mode)."
+    )
 
 
 def baseline_note(rows: dict, batches: list[int]) -> str:

@@ -70,6 +70,11 @@ class ServedModel:
     fused_batchnorms: int = 0
     #: Dense multiply-adds per image (level off), measured by ``start``; None before.
     flops_dense: float | None = None
+    #: Whether the levels run as torch.jit traces (``HASTE_GRAPH_MODE`` on CPU with the fused kernel; set by
+    #: ``warm_up``), and the traces by what they run (``plan``: "off", "high", "high@4"); None where tracing failed
+    #: (that plan runs eagerly).
+    graph_mode: bool = False
+    graphs: dict[str, haste.Traced | None] = field(default_factory=dict, repr=False)
 
     @property
     def version(self) -> str:
@@ -120,6 +125,7 @@ class ServedModel:
             "flops_dense": self.card.get("flops_dense"),
             "engine": self.engine,
             "engine_unavailable": self.engine_unavailable,
+            "graph_mode": self.graph_mode,
         }
 
     def describe(self) -> dict:
@@ -199,34 +205,33 @@ class ServedModel:
             )
 
     def warm_up(self, settings: Settings, stop: Callable[[], bool] = lambda: False) -> None:
-        """Run every level at batch sizes 1 and max_batch_size (``warmup_rounds`` times each, and for at
-        least ``warmup_min_s`` seconds per level) on a fixed random input, then time LATENCY_RUNS batch-1
-        forwards per level, levels interleaved (off, low, medium, high, off, ...), and keep each level's
+        """Run every level as ``run`` does at batch sizes 1, max_batch_size and the first batch size of every plan
+        entry below it (``warmup_rounds`` times each, and for at least ``warmup_min_s`` seconds per level) on a fixed
+        random input, which in graph mode traces each level's plans (``HASTE_GRAPH_MODE``), then time LATENCY_RUNS
+        batch-1 forwards per level, levels interleaved (off, low, medium, high, off, ...), and keep each level's
         median (``latency_ms``). Returns early if ``stop()`` turns true."""
+        self.graph_mode = settings.graph_mode and self.device.type == "cpu" and haste.engine.cpu_kernel_available()
         gen = torch.Generator().manual_seed(0)
-        sizes = sorted({1, settings.max_batch_size})
+        sizes = sorted({1, settings.max_batch_size, *self._entry_batches(settings.max_batch_size)})
         inputs = {n: torch.randn((n, *self.input_shape), generator=gen).to(self.device) for n in sizes}
         times: dict[str, list[float]] = {level: [] for level in haste.LEVELS}
-        with torch.inference_mode():
-            for level in haste.LEVELS:
-                start, rounds = time.perf_counter(), 0
-                with haste.compression(level):
-                    while rounds < settings.warmup_rounds or time.perf_counter() - start < settings.warmup_min_s:
-                        for n in sizes:
-                            if stop():
-                                return
-                            self.model(inputs[n])
-                        rounds += 1
-            for _ in range(LATENCY_RUNS):
-                for level in haste.LEVELS:
+        for level in haste.LEVELS:
+            start, rounds = time.perf_counter(), 0
+            while rounds < settings.warmup_rounds or time.perf_counter() - start < settings.warmup_min_s:
+                for n in sizes:
                     if stop():
                         return
-                    with haste.compression(level):
-                        start = time.perf_counter()
-                        self.model(inputs[1])
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize(self.device)
-                        times[level].append(time.perf_counter() - start)
+                    self._forward(level, inputs[n])
+                rounds += 1
+        for _ in range(LATENCY_RUNS):
+            for level in haste.LEVELS:
+                if stop():
+                    return
+                start = time.perf_counter()
+                self._forward(level, inputs[1])
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                times[level].append(time.perf_counter() - start)
         for level, seconds in times.items():
             self.latency_ms[level] = round(statistics.median(seconds) * 1000, 3)
             log.info(
@@ -252,17 +257,8 @@ class ServedModel:
         dense = self.flops_dense
         x = x.to(self.device)
         t0 = time.perf_counter()
-        record = haste.conversion(self.model)
-        dense_plan = haste.plans.runs_dense(record.plans if record else {}, self.engine or "", level, len(x))
-        # a batch whose plan is all dense runs as level off: the same convs, without looking the plan up per layer
-        with torch.inference_mode(), haste.compression("off" if dense_plan else level):
-            if level == "off" or dense_plan:  # every layer dense: nothing to profile, the dense FLOPs ran
-                logits = self.model(x)
-                flops = [(dense, dense)] * len(x)
-            else:  # HASTE layers only (cheap); the other layers run dense: executed = dense - saved
-                with haste.profile(self.model, dense_layers=False) as report:
-                    logits = self.model(x)
-                flops = [(dense, dense - (d - e - o)) for d, e, o in report.per_image]
+        logits, saved = self._forward(level, x)
+        flops = [(dense, dense)] * len(x) if saved is None else [(dense, dense - s) for s in saved]
         probs = logits.float().softmax(dim=1).cpu()
         seconds = time.perf_counter() - t0
         if len(flops) != len(x):  # should not happen: one forward of the whole model per batch
@@ -270,13 +266,62 @@ class ServedModel:
         self.record_saving(level, [(d - e) / d if d else 0.0 for d, e in flops])
         return BatchRun(probs, flops, seconds, self.plan(level, len(x)))
 
+    def _forward(self, level: str, x: torch.Tensor) -> tuple[torch.Tensor, list[float] | None]:
+        """The model's output on ``x`` at ``level`` and, where HASTE layers ran, the multiply-adds they saved per
+        image net of their overhead (None: every layer ran dense). A batch whose plan is all dense runs as level off
+        (the same convs, without looking the plan up per layer); in graph mode each plan runs its trace
+        (``graph``)."""
+        record = haste.conversion(self.model)
+        dense_plan = haste.plans.runs_dense(record.plans if record else {}, self.engine_name(), level, len(x))
+        run = "off" if level == "off" or dense_plan else level
+        traced = self.graph(run, x) if self.graph_mode and tuple(x.shape[2:]) == tuple(self.spec.size) else None
+        if traced is not None:
+            logits, saved = traced(x)
+            return logits, None if run == "off" else saved.tolist()
+        with torch.inference_mode(), haste.compression(run):
+            if run == "off":  # every layer dense: nothing to profile, the dense FLOPs ran
+                return self.model(x), None
+            with haste.profile(self.model, dense_layers=False) as report:  # HASTE layers only (cheap)
+                logits = self.model(x)
+        return logits, [d - e - o for d, e, o in report.per_image]
+
+    def graph(self, run: str, x: torch.Tensor) -> haste.Traced | None:
+        """The trace that runs ``x`` at level ``run`` (its plan for this batch size), made on first use from ``x``
+        (``haste.trace``); None, and a warning logged once, where the model cannot be traced at that plan."""
+        key = "off" if run == "off" else self.plan(run, len(x))
+        if key in self.graphs:
+            return self.graphs[key]
+        start = time.perf_counter()
+        try:
+            traced = haste.trace(self.model, x, run)
+        except Exception as exc:  # an untraceable model: that plan runs eagerly
+            log.warning("%s: %s runs eagerly: torch.jit.trace failed: %s", self.name, key, exc)
+            traced = None
+        else:
+            log.info("%s: traced %s in %.2f s (graph mode)", self.name, key, time.perf_counter() - start)
+        self.graphs[key] = traced
+        return traced
+
+    def engine_name(self) -> str:
+        """The engine whose plans apply: the one reported after warm-up, during warm-up the CPU kernel's when it is
+        built (``haste.engine.choose`` for a served CPU batch), else none (the level tables)."""
+        if self.engine is not None:
+            return self.engine
+        return "cpu" if self.device.type == "cpu" and haste.engine.cpu_kernel_state() == "built" else ""
+
+    def _entry_batches(self, largest: int) -> set[int]:
+        """The first batch size of every plan entry, up to ``largest``, on this model's engine."""
+        record = haste.conversion(self.model)
+        plans = (record.plans if record else {}).get(self.engine_name(), {})
+        return {e["batch"] for entries in plans.values() for e in entries if e["batch"] <= largest}
+
     def plan(self, level: str, batch: int) -> str:
         """What a batch of ``batch`` images at ``level`` runs on this model's engine: the plan entry's name
         (``high@4``: level high, the entry for batches from 4; ``haste.plans``), else the level's name (its table
         at every batch size; ``off``: the dense model)."""
         record = haste.conversion(self.model)
         plans = record.plans if record is not None else {}
-        return haste.plans.describe(plans, self.engine or "", level, batch) or level
+        return haste.plans.describe(plans, self.engine_name(), level, batch) or level
 
 
 def _calibration_rows(card: dict) -> dict[str, dict]:

@@ -204,9 +204,9 @@ def test_batchnorms_are_fused_unless_the_settings_say_not_and_the_answers_agree(
 def test_latency_table_is_the_median_of_interleaved_runs_after_warm_up():
     """ServedModel.warm_up on a real model: the warm-up forwards come first; then every level is timed
     served.LATENCY_RUNS times at batch 1, levels interleaved, and each level's entry is a positive
-    latency (the median of those runs)."""
+    latency (the median of those runs). Eager (graph_mode=False): a trace runs without the model's Python hooks."""
     require_model()
-    settings = Settings(models=[MODEL], weights_dir=WEIGHTS_DIR, max_batch_size=2, warmup_rounds=1)
+    settings = Settings(models=[MODEL], weights_dir=WEIGHTS_DIR, max_batch_size=2, warmup_rounds=1, graph_mode=False)
     model = registry.load(MODEL, settings, torch.device("cpu"))
     calls: list[tuple[str, int]] = []
     handle = model.model.register_forward_pre_hook(lambda m, args: calls.append((current().level, len(args[0]))))
