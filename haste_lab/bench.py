@@ -20,6 +20,7 @@ import platform
 import random
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -115,26 +116,30 @@ def bench_model(
     device: str = "cpu",
     layout: str = "channels_last",
     fuse_batchnorm: bool = True,
+    graph_mode: bool = False,
     log=print,
 ) -> dict:
-    """Benchmark one model; see the module docstring. ``layers``: also time every HASTE layer alone,
-    dense and at each level (``haste_lab.layer_times``; CPU only, as ``stages``). ``device``: cpu or cuda.
-    ``layout``: the memory layout of both models (``haste_lab.layout``). ``fuse_batchnorm``: convert the model with
-    its BatchNorms fused (``haste_lab.baseline``), so that level off is the fused dense model; ``dense`` is the
-    model as trained either way."""
+    """Benchmark one model; see the module docstring. ``layers``: also time every HASTE layer alone, dense and at
+    each level (``haste_lab.layer_times``; CPU only, as ``stages``). ``device``: cpu or cuda. ``layout``: the memory
+    layout of both models (``haste_lab.layout``). ``fuse_batchnorm``: convert the model with its BatchNorms fused
+    (``haste_lab.baseline``), so that level off is the fused dense model; ``dense`` is the model as trained either
+    way. ``graph_mode``: time the dense model and every level as torch.jit traces (``haste.trace``, CPU), as the
+    service runs them (``HASTE_GRAPH_MODE``)."""
     model, card, weights = load_model(name)
     dense = in_layout(copy.deepcopy(model).eval().to(device), layout)
     convert(baseline.prepared(model, fuse_batchnorm))
     in_layout(model.to(device), layout)
     timed = seconds if torch.device(device).type != "cuda" else _cuda_seconds
     result = {"model": name, "weights": weights, "device": device, "layout": layout,
-              "fuse_batchnorm": fuse_batchnorm, "batches": []}  # fmt: skip
+              "fuse_batchnorm": fuse_batchnorm, "graph_mode": graph_mode, "batches": []}  # fmt: skip
     for batch in batches:
         x, source = _real_images(card, batch)
         x = x.to(device)
         variants = {"dense": lambda x=x: dense(x)}
         for level in levels:
             variants[level] = lambda run=served_level(model, x, level), x=x: forward_at(model, x, run)
+        if graph_mode:
+            variants = _traced_variants(dense, model, x, levels)
         with torch.inference_mode():
             # a new order every round: a rotation would keep each variant's predecessor
             times = interleaved_times(variants, rounds=rounds, warmup=warmup, rng=random.Random(0), timed=timed)
@@ -174,6 +179,20 @@ def bench_model(
                 f"ratio {row['latency_ratio']:.3f} (bar {row['bar']:.3f})  paired {_describe(row['paired_ratio'])}"
                 + (f", vs off {_describe(row['paired_vs_off'])}" if row["paired_vs_off"] else ""))  # fmt: skip
     return result
+
+
+def _traced_variants(dense: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor, levels) -> dict:
+    """The dense model and ``model`` at every level, each as a torch.jit trace on ``x`` (a level at the plan the
+    service runs for this batch size), as the service runs them in graph mode."""
+    from haste.trace import trace
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.trace", FutureWarning)  # deprecated for torch.export
+        traced_dense = torch.jit.trace(dense, x)
+    variants = {"dense": lambda: traced_dense(x)}
+    for level in levels:
+        variants[level] = lambda traced=trace(model, x, served_level(model, x, level)): traced(x)
+    return variants
 
 
 def _describe(paired: dict) -> str:
@@ -278,12 +297,13 @@ def run(
     device="cpu",
     layout="channels_last",
     fuse_batchnorm=True,
+    graph_mode=False,
     log=print,
 ) -> dict:
     torch.set_num_threads(threads)
     cuda = torch.device(device).type == "cuda"
-    if cuda and (stages or layers):
-        raise ValueError("--stages and --layers profile the CPU kernel: use them with --device cpu")
+    if cuda and (stages or layers or graph_mode):
+        raise ValueError("--stages, --layers and --graph-mode run the CPU kernel: use them with --device cpu")
     if not cuda:
         engine.cpu_kernel_available()
     norms = "BatchNorms kept"
@@ -291,14 +311,14 @@ def run(
         norms = "BatchNorms fused before conversion (off: the fused dense model; dense: as trained)"
     report = {
         "protocol": f"torch threads {threads}; models in the {layout} layout; {norms}; {warmup} warm-up rounds, "
-        f"then {rounds} rounds of one forward per variant, interleaved in a new random order each round (seed 0); "
-        "medians, min, max",
+        f"then {rounds} rounds of one forward per variant{' (each a torch.jit trace)' if graph_mode else ''}, "
+        "interleaved in a new random order each round (seed 0); medians, min, max",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads, "torch": torch.__version__,
                     "engine": "cpu" if engine.cpu_kernel_state() == "built" else f"reference ({engine.unavailable})"},
         "levels": dict(LEVELS),
         "models": [bench_model(m, batches=batches, levels=levels, rounds=rounds, warmup=warmup, stages=stages,
                                layers=layers, device=device, layout=layout,
-                               fuse_batchnorm=fuse_batchnorm, log=log)
+                               fuse_batchnorm=fuse_batchnorm, graph_mode=graph_mode, log=log)
                    for m in models],
     }  # fmt: skip
     if cuda:
@@ -420,6 +440,12 @@ def add_command(sub) -> None:
         choices=["cpu", "cuda"],
         help="where the models run (default cpu; cuda: the Triton engine)",
     )
+    p.add_argument(
+        "--graph-mode",
+        action="store_true",
+        help="time the dense model and every level as torch.jit traces (haste.trace), as the service runs them "
+        "(HASTE_GRAPH_MODE); CPU only",
+    )
     layout.add_argument(p)
     baseline.add_argument(p)
     p.add_argument("--json", dest="out", type=Path, help="write the report to this JSON file")
@@ -465,5 +491,5 @@ def _cli(args) -> int:
         raise SystemExit("haste bench: error: --device cuda but CUDA is not available")
     run(args.models, batches=args.batch, levels=args.levels, rounds=args.rounds, warmup=args.warmup,
         threads=args.threads, stages=args.stages, layers=args.layers, device=args.device, layout=args.layout,
-        fuse_batchnorm=args.fuse_batchnorm, out=args.out)  # fmt: skip
+        fuse_batchnorm=args.fuse_batchnorm, graph_mode=args.graph_mode, out=args.out)  # fmt: skip
     return 0

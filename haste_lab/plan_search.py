@@ -47,6 +47,7 @@ import platform
 import random
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -56,6 +57,7 @@ from haste.cli import non_negative_float, positive_int
 from haste.convert import convert
 from haste.plans import table_value
 from haste.profile import profile
+from haste.trace import trace
 
 from . import baseline
 from .baseline import prepared
@@ -180,13 +182,16 @@ def calibrate_plans(
     command: str = "",
     layout: str = "channels_last",
     fuse_batchnorm: bool = True,
+    graph_mode: bool = True,
     log=print,
 ) -> dict:
     """Choose the plans of ``model_name`` (its card's calibrated levels) for the CPU engine, its models timed in
     ``layout`` (``haste_lab.layout``; the service's default is channels-last); see the module docstring. Returns
     the report written to ``out`` (.json). ``extra``: more candidate tables (``extra_table``) for the
     ``extra_levels`` (default: every level). ``fuse_batchnorm``: every model, the dense reference included, has its
-    BatchNorms fused (``haste_lab.baseline``), as the service holds it."""
+    BatchNorms fused (``haste_lab.baseline``), as the service holds it. ``graph_mode``: every candidate, the dense
+    reference included, is timed as a torch.jit trace (``haste.trace``, one per candidate and batch size), as the
+    service runs its plans (``HASTE_GRAPH_MODE``); else eagerly."""
     if not engine.cpu_kernel_available():
         raise ValueError(f"calibrate-plans measures the fused CPU kernel, which is unavailable: {engine.unavailable}")
     dense = prepared(zoo.load(model_name), fuse_batchnorm)
@@ -250,11 +255,18 @@ def calibrate_plans(
     rows = []
     chosen: dict[str, dict[int, tuple]] = {level: {} for level in levels}
 
+    traces: dict[tuple, object] = {}  # (candidate, batch size) -> its trace, in graph mode
+
     def forward(key, x):
         """One forward of candidate ``key`` as the service runs a batch (``ServedModel.run``): level off for the
         all-dense plan, else with its FLOPs counted (``haste.profile`` of the HASTE layers, ~2% of a forward at
-        batch 1), which a plan saving few FLOPs must also pay for."""
+        batch 1, or in graph mode the trace's own count), which a plan saving few FLOPs must also pay for."""
         model = models[key]
+        if graph_mode:
+            traced = traces.get((key, len(x)))
+            if traced is None:
+                traced = traces[key, len(x)] = trace(model, x, "high" if key else "off")
+            return lambda: traced(x)
         if not key:
             return lambda: forward_at(model, x, "off")
 
@@ -268,8 +280,13 @@ def calibrate_plans(
         x = images[:batch]
         keys = [(), *dict.fromkeys(k for level in levels for k in candidates[level] if k)]
         start = time.time()
+        traces.clear()  # the previous batch size's
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`torch.jit.trace", FutureWarning)
+            dense_model = torch.jit.trace(plain, x) if graph_mode else plain  # the model before conversion
+        dense_run = lambda x=x, m=dense_model: m(x)  # noqa: E731
         times = time_candidates(
-            {**{k: forward(k, x) for k in keys}, "dense": lambda x=x: plain(x)},
+            {**{k: forward(k, x) for k in keys}, "dense": dense_run},
             rounds=rounds,
             warmup=warmup,
             min_seconds=screen_seconds,
@@ -343,7 +360,8 @@ def calibrate_plans(
         "min_gain": min_gain,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "vector_isa": _isa()},
-        "protocol": f"models in the {layout} layout; {warmup} warm-up rounds, {rounds} timed rounds, candidates "
+        "protocol": f"models in the {layout} layout{', each timed as a torch.jit trace' if graph_mode else ''}; "
+        f"{warmup} warm-up rounds, {rounds} timed rounds, candidates "
         "interleaved in a new random order each round, ranked by their paired ratio to level off (median over rounds); "
         f"a new plan must be {100 * min_gain:.0f}% faster than the baseline (the fastest of level off and the lower "
         f"levels' plans), then faster with 95% confidence in a run of the two alone (at least {2 * rounds} rounds and "
@@ -351,6 +369,7 @@ def calibrate_plans(
         f"{100 * tie:.0f}% go to the larger FLOPs saving",
         "layout": layout,
         "fuse_batchnorm": fuse_batchnorm,
+        "graph_mode": graph_mode,
         "budgets_points": budgets,
         "margin_z": margin_z,
         "calibration_images": calibration.size,
@@ -456,6 +475,11 @@ def add_command(sub) -> None:
     p.add_argument("--test-limit", type=positive_int, default=2000, help="test images to report on (default 2000)")
     layout_argument(p)
     baseline.add_argument(p)
+    p.add_argument(
+        "--graph-mode", action=argparse.BooleanOptionalAction, default=True,
+        help="time every candidate as a torch.jit trace (haste.trace), as the service runs its plans "
+        "(HASTE_GRAPH_MODE; default); --no-graph-mode: eagerly, as haste.compression runs a level",
+    )  # fmt: skip
     p.add_argument("--out", help="write the report to this path (.json)")
     p.add_argument("--write-card", action="store_true", help="store the plans in the model card")
     p.set_defaults(func=_run)
@@ -480,5 +504,6 @@ def _run(args) -> int:
         command=command_line(),
         layout=args.layout,
         fuse_batchnorm=args.fuse_batchnorm,
+        graph_mode=args.graph_mode,
     )
     return 0

@@ -126,6 +126,7 @@ def run(args) -> dict:
         f"(rotated), {args.seconds} s per cell after a 2 s warm-up per level",
         "server": {
             "engine": model_info.get("engine"),
+            "graph_mode": model_info.get("graph_mode"),
             "device": model_info.get("device"),
             "settings": {k: v for k, v in os.environ.items() if k.startswith("HASTE_")},
         },  # fmt: skip

@@ -478,7 +478,7 @@ def describe_plan(table: dict[str, int]) -> str:
 
 
 def levels_section(
-    model: str = REFERENCE, bench_file: str = "bench-fmnist-resnet34-plans.json", loadtest_file: str | None = None
+    model: str = REFERENCE, bench_file: str = "bench-fmnist-resnet34-graph.json", loadtest_file: str | None = None
 ) -> str:
     """The README's table: each level of ``model`` with its table's test accuracy drop and FLOPs saving
     (results/calibrate-MODEL.json), and per batch size the plan it runs (results/plans-MODEL.json: the stages
@@ -519,7 +519,7 @@ def levels_section(
         "median over rounds of its time over off's in the same round). From "
         f"`results/calibrate-{model}.json`, `results/plans-{model}.json` and `results/{bench_file}`."
         + (baseline_note(rows, batches) if fused else "")
-        + graph_note(model),
+        + graph_note(model, traced=any(m["model"] == model and m.get("graph_mode") for m in bench["models"])),
         "",
         f"| level | table: test drop (pts) | table: FLOPs saving (%) | {head} |",
         "|---|---|---|" + "---|" * len(batches),
@@ -539,8 +539,9 @@ def levels_section(
     return "\n".join(lines)
 
 
-def graph_note(model: str) -> str:
-    """How the levels compare where the service runs them, as traces (results/graph-mode-MODEL.json), if measured."""
+def graph_note(model: str, traced: bool) -> str:
+    """Eager against graph mode (results/graph-mode-MODEL.json, if measured): how much a trace takes off level off,
+    and (``traced`` False: the table's latencies are eager) how ``high`` compares with off where both are traced."""
     path = RESULTS / f"graph-mode-{model}.json"
     if not path.exists():
         return ""
@@ -548,16 +549,21 @@ def graph_note(model: str) -> str:
     ratios = {}
     for entry in report["batches"]:
         rows = {r["variant"]: r for r in entry["rows"]}
-        ratios[entry["batch"]] = (
-            rows["off traced"]["vs_off_eager"]["median"],
-            rows["high traced"]["vs_off_traced"]["median"],
-        )
+        off, high = rows["off traced"]["vs_off_eager"], rows["high traced"]["vs_off_traced"]
+        ratios[entry["batch"]] = (off["median"], high["median"])
     batches = " / ".join(str(b) for b in ratios)
+    off = " / ".join(f"{off:.2f}" for off, _ in ratios.values())
+    if traced:
+        return (
+            " The latencies are those of torch.jit traces (`haste bench --graph-mode`), as the service runs every "
+            "level (`HASTE_GRAPH_MODE`, on by default on CPU) and as the plans were searched; a traced off takes "
+            f"{off} of the eager off's time at batch {batches} (`results/{path.name}`, with the plans of the time; "
+            "docs/engines.md, graph mode)."
+        )
     return (
         " These latencies are the eager model's (through its Python, as `haste.compression` runs it); the service runs "
-        "each level as a torch.jit trace (`HASTE_GRAPH_MODE`, on by default on CPU), where level off takes "
-        + " / ".join(f"{off:.2f}" for off, _ in ratios.values())
-        + " of the eager off's time and high "
+        f"each level as a torch.jit trace (`HASTE_GRAPH_MODE`, on by default on CPU), where level off takes {off} of "
+        "the eager off's time and high "
         + " / ".join(f"{high:.2f}" for _, high in ratios.values())
         + f" of the traced off's at batch {batches} (`results/{path.name}`; docs/engines.md, graph mode)."
     )
@@ -590,8 +596,9 @@ def loadtest_section(model: str = REFERENCE) -> str:
 
     report = json.loads((RESULTS / f"loadtest-{model}.json").read_text())
     settings = ", ".join(f"{k}={v}" for k, v in report["server"]["settings"].items()) or "default settings"
+    graph = {True: ", graph mode", False: ", eager"}.get(report["server"].get("graph_mode"), "")
     lines = [
-        f"`haste serve` on `{model}` ({report['server']['engine']} engine, {settings}) under {report['tool']}: "
+        f"`haste serve` on `{model}` ({report['server']['engine']} engine{graph}, {settings}) under {report['tool']}: "
         f"{report['protocol']}; client and server on the 2-core machine. `python scripts/{report['command']}`:",
         "",
         markdown(report),

@@ -50,15 +50,15 @@ CLASSIFY_EXAMPLE = {
     "level": "high",
     "plan": "high@1",
     "predictions": [
-        {"index": 9, "label": "Ankle boot", "score": 0.93653},
-        {"index": 7, "label": "Sneaker", "score": 0.03691},
-        {"index": 5, "label": "Sandal", "score": 0.01348},
+        {"index": 9, "label": "Ankle boot", "score": 0.97947},
+        {"index": 7, "label": "Sneaker", "score": 0.01258},
+        {"index": 5, "label": "Sandal", "score": 0.00337},
     ],
     "compute": {
         "flops_dense": 289704448.0,
-        "flops_executed": 238155239.0,
-        "flops_saved": 51549209.0,
-        "saved_ratio": 0.17793723691808833,
+        "flops_executed": 246477205.0,
+        "flops_saved": 43227243.0,
+        "saved_ratio": 0.14921152677642008,
     },
     "timing_ms": {"queue": 0.183, "decode": 1.409, "inference": 13.844, "total": 17.997},
 }

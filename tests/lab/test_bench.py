@@ -239,3 +239,30 @@ def test_bench_converts_the_model_with_its_batchnorms_fused_unless_told_not(tmp_
     report = json.loads(out.read_text())
     assert report["models"][0]["fuse_batchnorm"] is fuse
     assert ("BatchNorms fused before conversion" in report["protocol"]) is fuse
+
+
+def test_bench_in_graph_mode_times_traces_with_the_eager_savings(tmp_path):
+    """--graph-mode: every variant a torch.jit trace (haste.trace for the levels), the FLOPs savings those of the
+    eager levels; the report says so."""
+    if not engine.cpu_kernel_available():
+        pytest.skip(f"CPU kernel: {engine.unavailable}")
+    reports = {}
+    for graph in (True, False):
+        out = tmp_path / f"bench-{graph}.json"
+        argv = ["bench", "--models", "fmnist-resnet18", "--batch", "2", "--rounds", "2", "--warmup", "1",
+                "--threads", "1", "--json", str(out)] + (["--graph-mode"] if graph else [])  # fmt: skip
+        assert main(argv) == 0
+        reports[graph] = json.loads(out.read_text())
+    for graph, report in reports.items():
+        assert report["models"][0]["graph_mode"] is graph
+        assert ("each a torch.jit trace" in report["protocol"]) is graph
+    savings = [
+        {r["variant"]: r["flops_saving"] for r in report["models"][0]["batches"][0]["rows"]}
+        for report in reports.values()
+    ]
+    assert savings[0] == savings[1] and savings[0]["high"] > 0
+    with pytest.raises(ValueError, match="--graph-mode run the CPU kernel: use them with --device cpu"):
+        from haste_lab.bench import run
+
+        run(["fmnist-resnet18"], batches=[1], levels=["off"], rounds=1, warmup=0, threads=1, stages=False,
+            out=None, device="cuda", graph_mode=True)  # fmt: skip
