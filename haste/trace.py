@@ -102,11 +102,11 @@ class Traced:
 def trace(
     model: nn.Module, example: torch.Tensor, level: str | None = None, *, hyperplanes: int | None = None
 ) -> Traced:
-    """Record the converted ``model`` on ``example`` (N, C, H, W), float32 on the CPU, at ``level`` (or
-    ``hyperplanes``; default: the current context's setting): a ``Traced`` whose forward runs the level's HASTE
-    layers on the fused CPU kernel (the plan for ``example``'s batch size) and its other layers as plain ops. Checked
-    against the eager model on ``example``. RuntimeError when a HASTE layer would not run the CPU kernel (it says
-    why); the model must return one tensor."""
+    """Record ``model`` (converted; a model without HASTE layers traces as it is) on ``example`` (N, C, H, W),
+    float32 on the CPU, at ``level`` (or ``hyperplanes``; default: the current context's setting): a ``Traced``
+    whose forward runs the level's HASTE layers on the fused CPU kernel (the plan for ``example``'s batch size) and
+    its other layers as plain ops. Checked against the eager model on ``example``. RuntimeError when a HASTE layer
+    would not run the CPU kernel (it says why); the model must return one tensor."""
     if not isinstance(example, torch.Tensor) or example.dim() != 4:
         raise ValueError("haste.trace takes an example batch (N, C, H, W)")
     if not engine.cpu_kernel_available():

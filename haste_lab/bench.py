@@ -20,7 +20,6 @@ import platform
 import random
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -186,9 +185,7 @@ def _traced_variants(dense: torch.nn.Module, model: torch.nn.Module, x: torch.Te
     service runs for this batch size), as the service runs them in graph mode."""
     from haste.trace import trace
 
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "`torch.jit.trace", FutureWarning)  # deprecated for torch.export
-        traced_dense = torch.jit.trace(dense, x)
+    traced_dense = trace(dense, x)  # a model without HASTE layers traces as it is
     variants = {"dense": lambda: traced_dense(x)}
     for level in levels:
         variants[level] = lambda traced=trace(model, x, served_level(model, x, level)): traced(x)

@@ -47,7 +47,6 @@ import platform
 import random
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -281,9 +280,7 @@ def calibrate_plans(
         keys = [(), *dict.fromkeys(k for level in levels for k in candidates[level] if k)]
         start = time.time()
         traces.clear()  # the previous batch size's
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "`torch.jit.trace", FutureWarning)
-            dense_model = torch.jit.trace(plain, x) if graph_mode else plain  # the model before conversion
+        dense_model = trace(plain, x) if graph_mode else plain  # the model before conversion
         dense_run = lambda x=x, m=dense_model: m(x)  # noqa: E731
         times = time_candidates(
             {**{k: forward(k, x) for k in keys}, "dense": dense_run},
