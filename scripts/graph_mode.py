@@ -1,6 +1,7 @@
-"""Eager against graph mode: each level as the service runs it (eager, through the converted model's Python) and as a
-frozen torch.jit trace at that level (HASTE layers recorded as the CPU kernel's operator, ``torch.ops.haste.conv2d``),
-with the dense model compiled by torch.compile beside them, interleaved in one run.
+"""Eager against graph mode: each level eagerly (through the converted model's Python) and as the service runs it, a
+torch.jit trace at that level (``haste.trace``: HASTE layers recorded as the CPU kernel's operator,
+``torch.ops.haste.conv2d``, with the FLOPs count), with the dense model compiled by torch.compile beside them,
+interleaved in one run.
 
     python scripts/graph_mode.py --model fmnist-resnet34 --batch 1 4 8 --rounds 61 \\
         --out results/graph-mode-fmnist-resnet34.json
@@ -8,7 +9,7 @@ with the dense model compiled by torch.compile beside them, interleaved in one r
 Per batch size: the median ms of every variant and its paired ratio (median over rounds, 95% interval) to the eager
 ``off`` and to the traced ``off``. The models are those ``haste bench`` times: BatchNorms fused (``--no-fuse-batchnorm``
 keeps them), channels-last, each level at the plan the service runs for the batch size (``off`` where the plan is
-all dense). Every trace is checked against the eager model on the batch before timing.
+all dense). Every trace is checked against the eager model on the batch (``haste.trace``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import random
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -34,17 +34,6 @@ from haste_lab import baseline, layout
 from haste_lab.bench import _real_images, load_model, served_level
 from haste_lab.interleaved import interleaved_times, paired_ratio
 from haste_lab.layer_times import forward_at
-
-
-def trace_at(model: torch.nn.Module, x: torch.Tensor, level: str) -> torch.jit.ScriptModule:
-    """The frozen trace of the converted ``model`` on ``x`` at ``level``, checked against the eager model."""
-    with torch.no_grad(), haste.compression(level), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
-        frozen = torch.jit.freeze(torch.jit.trace(model, x))
-        eager = forward_at(model, x, level)
-        got = frozen(x)
-    torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-4, msg=lambda m: f"trace at {level}: {m}")
-    return frozen
 
 
 def compiled_dense(trained: torch.nn.Module, x: torch.Tensor, fuse: bool, memory: str) -> tuple:
@@ -78,7 +67,7 @@ def run(args) -> dict:
         for level in ["off", *args.levels]:
             runs[level] = served_level(model, x, level)
             variants[f"{level} eager"] = lambda run=runs[level], x=x: forward_at(model, x, run)
-            variants[f"{level} traced"] = lambda g=trace_at(model, x, runs[level]), x=x: g(x)
+            variants[f"{level} traced"] = lambda g=haste.trace(model, x, runs[level]), x=x: g(x)
         compile_s = None
         if args.compiled:
             dense, compile_s = compiled_dense(trained, x, args.fuse_batchnorm, args.layout)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import haste
-from haste import engine, zoo
+from haste import engine
 from haste.plans import check_plans, describe, plan_name
 
 pytestmark = pytest.mark.skipif(not engine.cpu_kernel_available(), reason=f"CPU kernel: {engine.unavailable}")
@@ -22,65 +22,53 @@ PLANS = {
 }
 
 
-@pytest.fixture(scope="module")
-def dense():
-    return zoo.load("fmnist-resnet18")
-
-
-@pytest.fixture(scope="module")
-def images():
-    from haste_lab.bench import _real_images
-
-    return _real_images(zoo.card("fmnist-resnet18"), 9)[0]
-
-
 def hyperplanes_used(model, x, level="high"):
     with torch.inference_mode(), haste.profile(model) as report, haste.compression(level):
         y = model(x)
     return {name: s.hyperplanes for name, s in report.layers.items() if s.kind == "haste"}, y
 
 
-def test_each_batch_size_runs_its_entry(dense, images):
-    model = haste.convert(copy.deepcopy(dense), plans=PLANS)
-    used, _ = hyperplanes_used(model, images[:1])
+def test_each_batch_size_runs_its_entry(resnet18, resnet18_images):
+    model = haste.convert(copy.deepcopy(resnet18), plans=PLANS)
+    used, _ = hyperplanes_used(model, resnet18_images[:1])
     assert {n for n, h in used.items() if h} == {n for n in used if n.startswith("layer1.")} | {"layer2.0.conv2"}
     assert all(used[n] == 10 for n in used if n.startswith("layer1.")) and used["layer2.0.conv2"] == 12
     for batch in (4, 5, 7):  # the entry for batches from 4
-        used, _ = hyperplanes_used(model, images[:batch])
+        used, _ = hyperplanes_used(model, resnet18_images[:batch])
         assert {n for n, h in used.items() if h} == {n for n in used if n.startswith("layer2.")}
-    used, y = hyperplanes_used(model, images[:9])  # from 8: dense, bit-exact
+    used, y = hyperplanes_used(model, resnet18_images[:9])  # from 8: resnet18, bit-exact
     assert not any(used.values())
     with torch.inference_mode():
-        assert torch.equal(y, dense(images[:9]))
+        assert torch.equal(y, resnet18(resnet18_images[:9]))
     assert describe(haste.conversion(model).plans, "cpu", "high", 6) == plan_name("high", 4) == "high@4"
     assert describe(haste.conversion(model).plans, "cpu", "low", 6) is None  # no plan: the level table runs
 
 
-def test_an_entry_computes_what_its_table_computes(dense, images):
+def test_an_entry_computes_what_its_table_computes(resnet18, resnet18_images):
     """Batch 2 of a plan gives the outputs of a model converted with the entry's table as its level."""
-    planned = haste.convert(copy.deepcopy(dense), plans=PLANS)
+    planned = haste.convert(copy.deepcopy(resnet18), plans=PLANS)
     table = {"layer1": 10, "layer2.0.conv2": 12}
     names = [m.name for m in planned.modules() if isinstance(m, haste.HasteConv2d)]
     levels = {"high": {n: table.get(n, table.get(".".join(n.split(".")[:1]), 0)) for n in names}}
-    fixed = haste.convert(copy.deepcopy(dense), levels=levels, plans={})
+    fixed = haste.convert(copy.deepcopy(resnet18), levels=levels, plans={})
     with torch.inference_mode(), haste.compression("high"):
-        assert torch.allclose(planned(images[:2]), fixed(images[:2]), atol=1e-5)
+        assert torch.allclose(planned(resnet18_images[:2]), fixed(resnet18_images[:2]), atol=1e-5)
 
 
-def test_explicit_hyperplanes_and_other_engines_ignore_plans(dense, images):
-    model = haste.convert(copy.deepcopy(dense), plans=PLANS)
+def test_explicit_hyperplanes_and_other_engines_ignore_plans(resnet18, resnet18_images):
+    model = haste.convert(copy.deepcopy(resnet18), plans=PLANS)
     with torch.inference_mode(), haste.profile(model) as report, haste.compression(hyperplanes=12):
-        model(images[:9])
+        model(resnet18_images[:9])
     assert all(s.hyperplanes == 12 for s in report.layers.values() if s.kind == "haste")
     with torch.inference_mode(), haste.profile(model) as report, engine.forced("reference"), haste.compression("high"):
-        model(images[:9])  # no plan for the reference engine: the level table at every batch size
+        model(resnet18_images[:9])  # no plan for the reference engine: the level table at every batch size
     table = {m.name: m.levels["high"] for m in model.modules() if isinstance(m, haste.HasteConv2d)}
     assert {n: s.hyperplanes for n, s in report.layers.items() if s.kind == "haste"} == table
 
 
-def test_convert_takes_the_cards_plans_with_its_levels(dense):
-    planned = copy.deepcopy(dense)
-    planned.haste_card = {**dense.haste_card, "haste": {**dense.haste_card["haste"], "plans": PLANS}}
+def test_convert_takes_the_cards_plans_with_its_levels(resnet18):
+    planned = copy.deepcopy(resnet18)
+    planned.haste_card = {**resnet18.haste_card, "haste": {**resnet18.haste_card["haste"], "plans": PLANS}}
     assert haste.conversion(haste.convert(copy.deepcopy(planned))).plans == PLANS
     assert haste.conversion(haste.convert(copy.deepcopy(planned), plans={})).plans == {}
     assert haste.conversion(haste.convert(copy.deepcopy(planned), levels={"high": 12})).plans == {}  # other levels
@@ -101,8 +89,8 @@ def test_convert_takes_the_cards_plans_with_its_levels(dense):
         ({"cpu": {"high": [{"batch": 1, "levels": {"layer1": 2.5}}]}}, "must be an integer"),
     ],
 )
-def test_bad_plans_are_refused_saying_what_is_accepted(dense, plans, message):
-    model = copy.deepcopy(dense)
+def test_bad_plans_are_refused_saying_what_is_accepted(resnet18, plans, message):
+    model = copy.deepcopy(resnet18)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("{", r"\{")):
         haste.convert(model, plans=plans)
     assert haste.conversion(model) is None  # unchanged

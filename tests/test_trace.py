@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import haste
-from haste import engine, zoo
+from haste import engine
 
 pytestmark = [
     pytest.mark.skipif(not engine.cpu_kernel_available(), reason=f"CPU kernel: {engine.unavailable}"),
@@ -18,18 +18,6 @@ pytestmark = [
 ]
 
 PLANS = {"cpu": {"high": [{"batch": 1, "levels": {"layer1": 10, "layer2.0.conv2": 12}}, {"batch": 4, "levels": {}}]}}
-
-
-@pytest.fixture(scope="module")
-def dense():
-    return zoo.load("fmnist-resnet18")
-
-
-@pytest.fixture(scope="module")
-def images():
-    from haste_lab.bench import _real_images
-
-    return _real_images(zoo.card("fmnist-resnet18"), 6)[0]
 
 
 def traced(model, x, level):
@@ -51,37 +39,39 @@ def haste_layers_at(model, x, level) -> int:
 
 
 @pytest.mark.parametrize("level", ["low", "high"])
-def test_a_trace_runs_the_kernel_and_computes_what_the_model_computes(dense, images, level):
-    model = haste.convert(copy.deepcopy(dense))  # BatchNorms folded into the kernel's output (haste.fold)
-    trace = traced(model, images[:2], level)
-    assert kernel_calls(trace) == haste_layers_at(model, images[:2], level) > 0
+def test_a_trace_runs_the_kernel_and_computes_what_the_model_computes(resnet18, resnet18_images, level):
+    model = haste.convert(copy.deepcopy(resnet18))  # BatchNorms folded into the kernel's output (haste.fold)
+    trace = traced(model, resnet18_images[:2], level)
+    assert kernel_calls(trace) == haste_layers_at(model, resnet18_images[:2], level) > 0
     frozen = torch.jit.freeze(trace)
     with torch.no_grad(), haste.compression(level):
-        for x in (images[:2], images[2:5]):  # the traced batch size and another
+        for x in (resnet18_images[:2], resnet18_images[2:5]):  # the traced batch size and another
             expected = model(x)
             assert torch.equal(trace(x), expected)
             torch.testing.assert_close(frozen(x), expected, rtol=1e-4, atol=1e-4)
     with torch.no_grad(), haste.compression("off"):
-        assert not torch.allclose(trace(images[:2]), model(images[:2]), atol=1e-3)  # the level is baked in
+        x = resnet18_images[:2]
+        assert not torch.allclose(trace(x), model(x), atol=1e-3)  # the level is baked in
 
 
-def test_a_trace_takes_the_plan_for_its_batch_size(dense, images):
-    model = haste.convert(copy.deepcopy(dense), plans=PLANS)
+def test_a_trace_takes_the_plan_for_its_batch_size(resnet18, resnet18_images):
+    model = haste.convert(copy.deepcopy(resnet18), plans=PLANS)
     in_layer1 = sum(isinstance(m, haste.HasteConv2d) for m in model.layer1.modules())
-    assert kernel_calls(traced(model, images[:1], "high")) == in_layer1 + 1 == 5  # layer1's convs, layer2.0.conv2
-    four = traced(model, images[:4], "high")
+    one = traced(model, resnet18_images[:1], "high")
+    assert kernel_calls(one) == in_layer1 + 1 == 5  # layer1's convs, layer2.0.conv2
+    four = traced(model, resnet18_images[:4], "high")
     assert kernel_calls(four) == 0  # the batch-4 plan runs every layer dense
     with torch.no_grad():
-        assert torch.equal(four(images[:4]), dense(images[:4]))
+        assert torch.equal(four(resnet18_images[:4]), resnet18(resnet18_images[:4]))
 
 
-def test_a_saved_trace_runs_in_a_new_process_once_the_kernel_is_loaded(dense, images, tmp_path):
-    model = haste.convert(copy.deepcopy(dense))
+def test_a_saved_trace_runs_in_a_new_process_once_the_kernel_is_loaded(resnet18, resnet18_images, tmp_path):
+    model = haste.convert(copy.deepcopy(resnet18))
     path, inputs = tmp_path / "high.pt", tmp_path / "x.pt"
-    torch.jit.save(torch.jit.freeze(traced(model, images[:2], "high")), path)
-    torch.save(images[:3], inputs)
+    torch.jit.save(torch.jit.freeze(traced(model, resnet18_images[:2], "high")), path)
+    torch.save(resnet18_images[:3], inputs)
     with torch.no_grad(), haste.compression("high"):
-        expected = model(images[:3])
+        expected = model(resnet18_images[:3])
     script = (
         "import sys, torch\n"
         "try:\n"
@@ -102,18 +92,18 @@ def test_a_saved_trace_runs_in_a_new_process_once_the_kernel_is_loaded(dense, im
     torch.testing.assert_close(torch.load(out), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_a_trace_that_would_not_run_the_kernel_says_why(dense, images):
-    model = haste.convert(copy.deepcopy(dense))
+def test_a_trace_that_would_not_run_the_kernel_says_why(resnet18, resnet18_images):
+    model = haste.convert(copy.deepcopy(resnet18))
     with pytest.raises(RuntimeError, match=r"layer1.0.conv1.*would run the reference engine \(gradients are needed"):
         with haste.compression("high"):
-            torch.jit.trace(model, images[:1].requires_grad_())
+            torch.jit.trace(model, resnet18_images[:1].requires_grad_())
     with pytest.raises(RuntimeError, match=r"reference engine \(the fused CPU kernel takes float32 \(input "
                                            r"torch.float64"):  # fmt: skip
-        traced(copy.deepcopy(model).double(), images[:1].double(), "high")
+        traced(copy.deepcopy(model).double(), resnet18_images[:1].double(), "high")
 
 
-def test_the_operator_rejects_an_input_it_cannot_run(dense, images):
-    layer = haste.convert(copy.deepcopy(dense)).layer1[0].conv1
+def test_the_operator_rejects_an_input_it_cannot_run(resnet18, resnet18_images):
+    layer = haste.convert(copy.deepcopy(resnet18)).layer1[0].conv1
     with torch.no_grad():
         trace = traced(layer, torch.randn(1, 16, 8, 8), "high")
     with pytest.raises(RuntimeError, match=r"haste conv2d: the input must be a float32 \(N, C, H, W\) CPU tensor"):
@@ -123,31 +113,32 @@ def test_the_operator_rejects_an_input_it_cannot_run(dense, images):
 
 
 @pytest.mark.parametrize(("level", "batch"), [("high", 1), ("high", 4), ("low", 3), ("off", 2)])
-def test_haste_trace_counts_what_the_profile_counts(dense, images, level, batch):
-    model = copy.deepcopy(dense)
+def test_haste_trace_counts_what_the_profile_counts(resnet18, resnet18_images, level, batch):
+    model = copy.deepcopy(resnet18)
     haste.fuse_batchnorm(model)
     haste.convert(model, plans=PLANS)
     with warnings.catch_warnings():
         warnings.simplefilter("error", torch.jit.TracerWarning)
-        traced = haste.trace(model, images[:batch], level)
-    assert traced.level == level and traced.batch == batch and traced.size == tuple(images.shape[2:])
-    for x in (images[:batch], images.flip(0)[:batch]):  # the example, and other images (same batch size, same plan)
+        traced = haste.trace(model, resnet18_images[:batch], level)
+    assert traced.level == level and traced.batch == batch and traced.size == tuple(resnet18_images.shape[2:])
+    # the example, and other images (same batch size, same plan)
+    for x in (resnet18_images[:batch], resnet18_images.flip(0)[:batch]):
         with torch.no_grad(), haste.compression(level), haste.profile(model, dense_layers=False) as report:
             expected = model(x)
         y, saved = traced(x)
         assert torch.equal(y, expected)
         assert saved.tolist() == pytest.approx([d - e - o for d, e, o in report.per_image], rel=1e-12, abs=1e-6)
-    assert len(traced.calls) == haste_layers_at(model, images[:batch], level)
+    assert len(traced.calls) == haste_layers_at(model, resnet18_images[:batch], level)
     runs_haste = (level, batch) in {("high", 1), ("low", 3)}  # PLANS: high's batch-4 entry is all dense
     assert bool(traced.calls) == bool(saved.all()) == runs_haste
 
 
-def test_haste_trace_says_what_it_takes(dense, images):
-    model = haste.convert(copy.deepcopy(dense))
-    traced = haste.trace(model, images[:1], "high")
+def test_haste_trace_says_what_it_takes(resnet18, resnet18_images):
+    model = haste.convert(copy.deepcopy(resnet18))
+    traced = haste.trace(model, resnet18_images[:1], "high")
     with pytest.raises(ValueError, match=r"this trace takes \(N, C, 32, 32\) inputs.*got shape \(1, 1, 28, 28\)"):
-        traced(images[:1, :, :28, :28])
+        traced(resnet18_images[:1, :, :28, :28])
     with pytest.raises(ValueError, match=r"haste.trace takes an example batch \(N, C, H, W\)"):
-        haste.trace(model, images[0], "high")
+        haste.trace(model, resnet18_images[0], "high")
     with engine.forced("reference"), pytest.raises(RuntimeError, match="would run the reference engine"):
-        haste.trace(model, images[:1], "high")
+        haste.trace(model, resnet18_images[:1], "high")
