@@ -116,6 +116,7 @@ def bench_model(
     layout: str = "channels_last",
     fuse_batchnorm: bool = True,
     graph_mode: bool = False,
+    repeats: int = 1,
     log=print,
 ) -> dict:
     """Benchmark one model; see the module docstring. ``layers``: also time every HASTE layer alone, dense and at
@@ -123,7 +124,10 @@ def bench_model(
     layout of both models (``haste_lab.layout``). ``fuse_batchnorm``: convert the model with its BatchNorms fused
     (``haste_lab.baseline``), so that level off is the fused dense model; ``dense`` is the model as trained either
     way. ``graph_mode``: time the dense model and every level as torch.jit traces (``haste.trace``, CPU), as the
-    service runs them (``HASTE_GRAPH_MODE``)."""
+    service runs them (``HASTE_GRAPH_MODE``). ``repeats``: time every batch size that many times, one after the other
+    (batch sizes in turn, each repeat a new interleaved run of ``rounds`` rounds after ``warmup``): the rows pool
+    the rounds of all repeats, and each paired ratio also has its median per repeat (``repeats``), which shows
+    how much the ratio itself moves between runs on a shared machine, beyond its interval within one run."""
     model, card, weights = load_model(name)
     dense = in_layout(copy.deepcopy(model).eval().to(device), layout)
     convert(baseline.prepared(model, fuse_batchnorm))
@@ -131,17 +135,27 @@ def bench_model(
     timed = seconds if torch.device(device).type != "cuda" else _cuda_seconds
     result = {"model": name, "weights": weights, "device": device, "layout": layout,
               "fuse_batchnorm": fuse_batchnorm, "graph_mode": graph_mode, "batches": []}  # fmt: skip
+    inputs, timed_variants, runs = {}, {}, {}  # batch -> (images, source), variants; (repeat, batch) -> times
     for batch in batches:
         x, source = _real_images(card, batch)
         x = x.to(device)
+        inputs[batch] = (x, source)
         variants = {"dense": lambda x=x: dense(x)}
         for level in levels:
             variants[level] = lambda run=served_level(model, x, level), x=x: forward_at(model, x, run)
-        if graph_mode:
-            variants = _traced_variants(dense, model, x, levels)
+        timed_variants[batch] = _traced_variants(dense, model, x, levels) if graph_mode else variants
+    for repeat in range(repeats):
+        for batch in batches:
+            with torch.inference_mode():
+                # a new order every round: a rotation would keep each variant's predecessor
+                runs[repeat, batch] = interleaved_times(
+                    timed_variants[batch], rounds=rounds, warmup=warmup, rng=random.Random(repeat), timed=timed
+                )
+    for batch in batches:
+        x, source = inputs[batch]
+        per_repeat = [runs[repeat, batch] for repeat in range(repeats)]
+        times = {key: [t for run in per_repeat for t in run[key]] for key in per_repeat[0]}
         with torch.inference_mode():
-            # a new order every round: a rotation would keep each variant's predecessor
-            times = interleaved_times(variants, rounds=rounds, warmup=warmup, rng=random.Random(0), timed=timed)
             savings = {}
             for level in levels:
                 with profile(model) as report, compression(served_level(model, x, level)):
@@ -165,6 +179,10 @@ def bench_model(
                 "meets_bar": key in ("dense", "off") or med / base <= 1.0 - 0.5 * saving,
                 "paired_ratio": paired_ratio(ts, times["dense"]),
                 "paired_vs_off": paired_ratio(ts, times["off"]) if "off" in times else None,
+                "repeats": [{
+                    "paired_ratio": paired_ratio(run[key], run["dense"])["median"],
+                    "paired_vs_off": paired_ratio(run[key], run["off"])["median"] if "off" in run else None,
+                } for run in per_repeat],
             })  # fmt: skip
         entry = {"batch": batch, "input": list(x.shape[1:]), "images": source, "rows": rows}
         if stage_split:
@@ -176,7 +194,8 @@ def bench_model(
             log(f"{name} b={batch} {row['variant']:>6}: {row['median_ms']:8.2f} ms (min {row['min_ms']:.2f}, max "
                 f"{row['max_ms']:.2f})  {row['images_per_s']:8.1f} img/s  saving {row['flops_saving']:.3f}  "
                 f"ratio {row['latency_ratio']:.3f} (bar {row['bar']:.3f})  paired {_describe(row['paired_ratio'])}"
-                + (f", vs off {_describe(row['paired_vs_off'])}" if row["paired_vs_off"] else ""))  # fmt: skip
+                + (f", vs off {_describe(row['paired_vs_off'])}" if row["paired_vs_off"] else "")
+                + (f"; per repeat {', '.join(_repeat(r) for r in row['repeats'])}" if repeats > 1 else ""))  # fmt: skip
     return result
 
 
@@ -190,6 +209,11 @@ def _traced_variants(dense: torch.nn.Module, model: torch.nn.Module, x: torch.Te
     for level in levels:
         variants[level] = lambda traced=trace(model, x, served_level(model, x, level)): traced(x)
     return variants
+
+
+def _repeat(medians: dict) -> str:
+    off = medians["paired_vs_off"]
+    return f"{medians['paired_ratio']:.3f}" + (f" / {off:.3f}" if off is not None else "")
 
 
 def _describe(paired: dict) -> str:
@@ -295,6 +319,7 @@ def run(
     layout="channels_last",
     fuse_batchnorm=True,
     graph_mode=False,
+    repeats=1,
     log=print,
 ) -> dict:
     torch.set_num_threads(threads)
@@ -309,13 +334,15 @@ def run(
     report = {
         "protocol": f"torch threads {threads}; models in the {layout} layout; {norms}; {warmup} warm-up rounds, "
         f"then {rounds} rounds of one forward per variant{' (each a torch.jit trace)' if graph_mode else ''}, "
-        "interleaved in a new random order each round (seed 0); medians, min, max",
+        "interleaved in a new random order each round (seed: the repeat's number); medians, min, max"
+        + (f"; {repeats} repeats, the batch sizes in turn: rounds pooled, paired ratios also per repeat"
+           if repeats > 1 else ""),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads, "torch": torch.__version__,
                     "engine": "cpu" if engine.cpu_kernel_state() == "built" else f"reference ({engine.unavailable})"},
         "levels": dict(LEVELS),
         "models": [bench_model(m, batches=batches, levels=levels, rounds=rounds, warmup=warmup, stages=stages,
                                layers=layers, device=device, layout=layout,
-                               fuse_batchnorm=fuse_batchnorm, graph_mode=graph_mode, log=log)
+                               fuse_batchnorm=fuse_batchnorm, graph_mode=graph_mode, repeats=repeats, log=log)
                    for m in models],
     }  # fmt: skip
     if cuda:
@@ -428,6 +455,13 @@ def add_command(sub) -> None:
         "--rounds", type=positive_int, default=15, help="timed rounds, one forward per variant each (default 15)"
     )
     p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed rounds first (default 3)")
+    p.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=1,
+        help="time every batch size this many times, the batch sizes in turn (default 1): rounds pooled, and the "
+        "paired ratios also per repeat, to show how much they move between runs",
+    )
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     p.add_argument("--stages", action="store_true", help="also profile the CPU kernel's stages")
     p.add_argument("--layers", action="store_true", help="also time every HASTE layer alone, dense and per level")
@@ -488,5 +522,6 @@ def _cli(args) -> int:
         raise SystemExit("haste bench: error: --device cuda but CUDA is not available")
     run(args.models, batches=args.batch, levels=args.levels, rounds=args.rounds, warmup=args.warmup,
         threads=args.threads, stages=args.stages, layers=args.layers, device=args.device, layout=args.layout,
-        fuse_batchnorm=args.fuse_batchnorm, graph_mode=args.graph_mode, out=args.out)  # fmt: skip
+        fuse_batchnorm=args.fuse_batchnorm, graph_mode=args.graph_mode, repeats=args.repeats,
+        out=args.out)  # fmt: skip
     return 0

@@ -15,7 +15,8 @@ Targets (each a section between ``<!-- NAME:begin ... -->`` and ``<!-- NAME:end 
 - docs/settings.md, ``settings``: the service's settings (``settings_section``), from service/settings.py.
 - docs/library.md, ``options``: the conversion options (``options_section``), from haste/options.py.
 - docs/engines.md, ``graph-mode``: each level eager and traced (``graph_mode_section``), from
-  results/graph-mode-<REFERENCE>.json.
+  results/graph-mode-<REFERENCE>.json; ``patch-size``: tables at patch size 4 and 8 (``patch_size_section``), from
+  results/patch-size-<REFERENCE>.json.
 """
 
 from __future__ import annotations
@@ -516,7 +517,7 @@ def levels_section(
         f"{plans['machine']['threads']} threads), its accuracy drop on the first {plans['test_images']} test images "
         "(points; a plan's table may differ from the level's: see `haste calibrate-plans --table`), its FLOPs "
         f"saving and its latency as a ratio to level off (haste bench, {bench['machine']['threads']} threads: the "
-        "median over rounds of its time over off's in the same round). From "
+        "median over rounds of its time over off's in the same round" + repeats_note(bench) + "). From "
         f"`results/calibrate-{model}.json`, `results/plans-{model}.json` and `results/{bench_file}`."
         + (baseline_note(rows, batches) if fused else "")
         + graph_note(model, traced=any(m["model"] == model and m.get("graph_mode") for m in bench["models"])),
@@ -534,9 +535,23 @@ def levels_section(
                 continue
             paired = r.get("paired_vs_off")  # the median of per-round ratios (older reports: the medians' ratio)
             ratio = paired["median"] if paired else r["median_ms"] / off["median_ms"]
-            cells.append(f"{plan_at(b, level)}, {pct(r['flops_saving'], 1)}, {ratio:.2f}")
+            per_repeat = [x["paired_vs_off"] for x in r.get("repeats", [])]
+            spread = f" [{min(per_repeat):.2f}, {max(per_repeat):.2f}]" if len(per_repeat) > 1 else ""
+            cells.append(f"{plan_at(b, level)}, {pct(r['flops_saving'], 1)}, {ratio:.2f}{spread}")
         lines.append(f"| {level} | {row['test_drop']:.2f} | {pct(row['saving'])} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def repeats_note(bench: dict) -> str:
+    """How a bench report with ``--repeats`` reads: the pooled median, then the range of the repeats' medians."""
+    counts = {len(r.get("repeats", [])) for m in bench["models"] for b in m["batches"] for r in b["rows"]}
+    if max(counts, default=0) < 2:
+        return ""
+    return (
+        f", pooled over {max(counts)} runs one after the other, the batch sizes in turn; in brackets the lowest and "
+        "highest of the runs' own medians: how far the ratio moves from one run to the next on this shared machine, "
+        "beyond its interval within one run"
+    )
 
 
 def graph_note(model: str, traced: bool) -> str:
@@ -645,6 +660,23 @@ def graph_mode_section(model: str = REFERENCE) -> str:
     ])  # fmt: skip
 
 
+def patch_size_section(model: str = REFERENCE) -> str:
+    """The same tables at patch size 4 and 8: calibration drop, saving, traced latency against off
+    (results/patch-size-MODEL.json, written by scripts/patch_size.py)."""
+    from patch_size import markdown  # scripts/patch_size.py, beside this script
+
+    report = json.loads((RESULTS / f"patch-size-{model}.json").read_text())
+    calibration = report["calibration"]
+    return "\n".join([
+        f"`{model}` ({report['weights']}, BatchNorms {'fused' if report['fuse_batchnorm'] else 'kept'}, "
+        f"{report['layout']}; torch {report['torch']}, {report['threads']} threads). Drop: points of accuracy on the "
+        f"first {calibration['images']} images of the calibration split; saving: multiply-adds, overhead included; "
+        f"latency: {report['protocol']}. `{report['command']}`:",
+        "",
+        markdown(report),
+    ])  # fmt: skip
+
+
 def settings_section() -> str:
     """The service's settings as a table: variable, default, accepted values, meaning (service/settings.py)."""
     from service.settings import Settings
@@ -715,6 +747,7 @@ def targets() -> list[tuple[Path, str, typing.Callable[[], str]]]:
         (DOCS / "service.md", "loadtest", lambda: loadtest_section().replace("](results/", "](../results/")),
         (DOCS / "results.md", "results", section),
         (DOCS / "engines.md", "graph-mode", graph_mode_section),
+        (DOCS / "engines.md", "patch-size", patch_size_section),
         (DOCS / "settings.md", "settings", settings_section),
         (DOCS / "library.md", "options", options_section),
     ]

@@ -266,3 +266,64 @@ def test_bench_in_graph_mode_times_traces_with_the_eager_savings(tmp_path):
 
         run(["fmnist-resnet18"], batches=[1], levels=["off"], rounds=1, warmup=0, threads=1, stages=False,
             out=None, device="cuda", graph_mode=True)  # fmt: skip
+
+
+def test_bench_repeats_pool_the_rounds_and_keep_each_repeats_paired_ratios(tmp_path, monkeypatch):
+    """--repeats N: every batch size timed N times, the batch sizes in turn; the rows pool the rounds, and every
+    paired ratio also has its median per repeat (the pooled median lies within the repeats' range)."""
+    import haste_lab.bench as bench
+
+    calls = []
+    original = bench.interleaved_times
+    monkeypatch.setattr(
+        bench, "interleaved_times", lambda variants, **kw: calls.append(kw["rounds"]) or original(variants, **kw)
+    )
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--models", "fmnist-resnet18", "--batch", "1", "2", "--levels", "off", "high", "--rounds", "3",
+            "--warmup", "0", "--threads", "1", "--repeats", "3", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert calls == [3] * 6  # 3 repeats x 2 batch sizes
+    report = json.loads(out.read_text())
+    assert "3 repeats" in report["protocol"]
+    for entry in report["models"][0]["batches"]:
+        for row in entry["rows"]:
+            assert len(row["repeats"]) == 3
+            medians = [r["paired_vs_off"] for r in row["repeats"]]
+            assert min(medians) <= row["paired_vs_off"]["median"] <= max(medians)
+            if row["variant"] == "off":
+                assert medians == [1.0, 1.0, 1.0]
+    with pytest.raises(SystemExit):
+        main(["bench", "--models", "fmnist-resnet18", "--repeats", "0"])
+
+
+def test_patch_size_report(tmp_path):
+    """scripts/patch_size.py: each candidate converted at its patch size with its table (unnamed stages dense), its
+    calibration drop and saving, and its traced latency against off per batch size; malformed candidates refused."""
+    if not engine.cpu_kernel_available():
+        pytest.skip(f"CPU kernel: {engine.unavailable}")
+    module = _script("patch_size")
+    prepared = zoo.load("fmnist-resnet18").eval()
+    model = module.converted(prepared, "8@16:*=0,layer4=9")
+    layers = {m.name: m for m in model.modules() if isinstance(m, HasteConv2d)}
+    assert layers and all(m.patch_size == 8 for m in layers.values())
+    assert {n: m.levels["high"] for n, m in layers.items()} == {n: 9 if n.startswith("layer4.") else 0 for n in layers}
+    assert not any(isinstance(m, HasteConv2d) for m in prepared.modules())  # the model given is left as it was
+    out = tmp_path / "patch.json"
+    candidates = ["4@16:*=0,layer4=9", "8@16:*=0,layer4=9"]
+    argv = ["--model", "fmnist-resnet18", "--batch", "1", "2", "--rounds", "2", "--warmup", "0", "--limit", "40",
+            "--threads", "1", "--candidate", *candidates, "--out", str(out)]  # fmt: skip
+    assert module.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert [r["candidate"] for r in report["candidates"]] == candidates
+    assert report["calibration"]["images"] == 40
+    for row in report["candidates"]:
+        assert 0 < row["saving"] < 1 and set(row["batches"]) == {"1", "2"}
+        for b in row["batches"].values():
+            low, high = b["vs_off"]["ci95"]
+            assert low <= b["vs_off"]["median"] <= high and b["off_ms"] > 0
+    assert "'4@16:*=0,layer4=9'" in report["command"]  # quoted: the shell would expand the *
+    table = module.markdown(report)
+    assert table.count("\n| 4 | `16:*=0,layer4=9` |") == 1 and table.count("\n| 8 | `16:*=0,layer4=9` |") == 1
+    for bad in ("16:layer4=9", "x@16", "8@", "8@16:layer4"):
+        with pytest.raises(SystemExit):
+            module.main(["--candidate", bad, "--out", str(out)])
