@@ -10,6 +10,13 @@ alike. hey measures requests/s and client latency; what a generic tool cannot se
 /metrics, read before and after each cell: the mean batch size, the FLOPs saved and the plan entries that ran
 (``haste_plan_batches_total``). The JSON has each cell and, per concurrency and level, the pooled figures and
 the ratio of requests/s to level ``off``.
+
+hey cannot alternate levels request by request, and at concurrency 1 the cells' ratios move with the machine by more
+than the levels differ. ``--paired N`` adds, after the cells, N pairs of sequential requests per level: one at the level
+and one at ``off`` back to back, in a random order within each pair (one keep-alive connection, httpx), and reports the
+paired ratio to ``off`` (median over pairs, 95% interval) of the client's wall time per request and of the inference
+and total times the server reports in each reply (``timing_ms``): what a client at concurrency 1 gains, with the drift
+between two requests a few milliseconds apart cancelled.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import csv
 import io
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -29,6 +37,8 @@ from pathlib import Path
 import httpx
 from loadgen import spawn  # scripts/ is the script's own directory: on sys.path
 from prometheus_client.parser import text_string_to_metric_families
+
+from haste_lab.interleaved import paired_ratio
 
 LEVELS = ("off", "low", "medium", "high")
 IMAGE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "fmnist-0000-ankle-boot.png"
@@ -82,6 +92,42 @@ def hey(url: str, level: str, concurrency: int, seconds: float, model: str) -> d
             "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99)}}  # fmt: skip
 
 
+def paired(url: str, levels: list[str], pairs: int, model: str, seed: int = 0) -> list[dict]:
+    """Per level other than off: ``pairs`` pairs of sequential requests (the level's and off's, back to back, the
+    order drawn per pair), after 20 untimed pairs; the paired ratios to off of the client's wall ms and the
+    server's inference and total ms (``timing_ms`` of the replies)."""
+    rng = random.Random(seed)
+    body = IMAGE.read_bytes()
+    out = []
+    with httpx.Client(timeout=60, headers={"Content-Type": "image/png"}) as client:
+
+        def one(level: str) -> dict:
+            start = time.perf_counter()
+            reply = client.post(f"{url}/v1/classify", params={"level": level, "model": model}, content=body)
+            wall = (time.perf_counter() - start) * 1e3
+            reply.raise_for_status()
+            timing = reply.json()["timing_ms"]
+            return {"wall": wall, "inference": timing["inference"], "total": timing["total"]}
+
+        for level in (lv for lv in levels if lv != "off"):
+            times: dict[str, list[dict]] = {level: [], "off": []}
+            for i in range(20 + pairs):
+                for name in rng.sample([level, "off"], 2):
+                    measured = one(name)
+                    if i >= 20:
+                        times[name].append(measured)
+            row = {"level": level, "pairs": pairs}
+            for key in ("wall", "inference", "total"):
+                mine, off = [t[key] for t in times[level]], [t[key] for t in times["off"]]
+                row[key] = {"level_ms": statistics.median(mine), "off_ms": statistics.median(off),
+                            "vs_off": paired_ratio(mine, off)}  # fmt: skip
+            out.append(row)
+            wall = row["wall"]["vs_off"]
+            print(f"paired c=1 {level:>6}: wall {wall['median']:.3f} [{wall['ci95'][0]:.3f}, {wall['ci95'][1]:.3f}] "
+                  f"of off, inference {row['inference']['vs_off']['median']:.3f}", flush=True)  # fmt: skip
+    return out
+
+
 def delta(after: dict, before: dict, level: str) -> dict:
     a, b = after["levels"].get(level, {}), before["levels"].get(level, {})
     d = {k: a.get(k, 0.0) - b.get(k, 0.0) for k in ("images", "batches", "batch_sum", "dense", "saved")}
@@ -114,6 +160,7 @@ def run(args) -> dict:
                     print(f"round {r} c={concurrency} {level:>6}: {cell['rps']:.1f} req/s, p50 "
                           f"{cell['latency_ms']['p50']:.1f} ms, batch {cell['mean_batch_size'] or 0:.2f}, "
                           f"plans {cell['plans']}", flush=True)  # fmt: skip
+        pairs = paired(url, args.levels, args.paired, args.model) if args.paired else None
         model_info = httpx.get(f"{url}/v1/models/{args.model}", timeout=30).json()
     finally:
         proc.terminate()
@@ -132,6 +179,18 @@ def run(args) -> dict:
         },  # fmt: skip
         "cells": cells,
         "summary": summary,
+        **(
+            {
+                "paired": {
+                    "protocol": f"{args.paired} pairs of sequential requests per level (the level's and off's, back "
+                    "to back, in a random order within each pair; one connection), after 20 untimed pairs; paired "
+                    "ratios to off: median over pairs, 95% interval",
+                    "levels": pairs,
+                }
+            }
+            if pairs
+            else {}
+        ),  # fmt: skip
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
 
@@ -206,6 +265,24 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_markdown(report: dict) -> str:
+    """One row per level: the paired ratios to off at concurrency 1, request by request (``--paired``)."""
+    lines = [
+        "| level | client wall ms (level / off) | wall vs off [95%] | inference vs off [95%] | server total vs off |",
+        "|---|---|---|---|---|",
+    ]
+
+    def cell(ratio: dict) -> str:
+        return f"{ratio['median']:.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]"
+
+    for r in report["paired"]["levels"]:
+        lines.append(
+            f"| {r['level']} | {r['wall']['level_ms']:.2f} / {r['wall']['off_ms']:.2f} | {cell(r['wall']['vs_off'])} | "
+            f"{cell(r['inference']['vs_off'])} | {cell(r['total']['vs_off'])} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="fmnist-resnet34")
@@ -213,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--seconds", type=float, default=15.0, help="hey -z per cell (default 15)")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also N pairs of sequential requests per level, the level's and off's back to back: paired ratios at "
+        "concurrency 1 (default 0: none)",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot", type=Path)
     p.add_argument("--markdown", action="store_true", help="print the table of --out and exit")
@@ -228,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(report, args.plot)
     print(markdown(report))
+    if "paired" in report:
+        print(paired_markdown(report))
     return 0
 
 

@@ -607,7 +607,7 @@ def baseline_note(rows: dict, batches: list[int]) -> str:
 def loadtest_section(model: str = REFERENCE) -> str:
     """The service under a real load generator: requests/s per level and concurrency, as ratios to level off
     (results/loadtest-MODEL.json, written by scripts/loadtest.py), and its plot."""
-    from loadtest import markdown  # scripts/loadtest.py, beside this script
+    from loadtest import markdown, paired_markdown  # scripts/loadtest.py, beside this script
 
     report = json.loads((RESULTS / f"loadtest-{model}.json").read_text())
     settings = ", ".join(f"{k}={v}" for k, v in report["server"]["settings"].items()) or "default settings"
@@ -620,6 +620,15 @@ def loadtest_section(model: str = REFERENCE) -> str:
         "",
         f"![requests/s by level and concurrency](results/loadtest-{model}.png)",
     ]  # fmt: skip
+    if "paired" in report:
+        lines += [
+            "",
+            "At concurrency 1, request by request, in the same run (`--paired`: "
+            f"{report['paired']['protocol']}): the client's wall time and the server's inference and total time "
+            "(`timing_ms` of the replies) of each level against `off`; a ratio below 1 is time a client saves:",
+            "",
+            paired_markdown(report),
+        ]
     finer = RESULTS / f"loadtest-{model}-rounds6.json"
     if finer.exists():
         again = json.loads(finer.read_text())

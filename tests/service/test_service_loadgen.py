@@ -133,3 +133,36 @@ def test_a_failed_metrics_scrape_does_not_stop_the_sweep():
             return await loadgen_module.scrape_batch_stats(client, str(MODEL))
 
     assert asyncio.run(scrape()) is None
+
+
+def test_loadtest_pairs_sequential_requests_per_level(server, client):
+    """scripts/loadtest.py --paired: for each level but off, (20 untimed +) N pairs of sequential requests, the
+    level's and off's; paired ratios of the client's wall time and of the replies' server timings, and the table."""
+    spec = importlib.util.spec_from_file_location("loadtest", ROOT / "scripts" / "loadtest.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "scripts"))  # loadtest imports loadgen, beside it
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+
+    def images(level: str) -> float:
+        text = client.get("/metrics").text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("haste_images_total{") and f'level="{level}"' in line and f'model="{MODEL}"' in line
+        )
+
+    before = {level: images(level) for level in ("off", "high")}
+    rows = module.paired(server.url, ["off", "high"], 6, MODEL)
+    assert {level: images(level) - before[level] for level in before} == {"off": 26, "high": 26}
+    (row,) = rows
+    assert row["level"] == "high" and row["pairs"] == 6
+    for key in ("wall", "inference", "total"):
+        ratio = row[key]["vs_off"]
+        assert ratio["ci95"][0] <= ratio["median"] <= ratio["ci95"][1] and ratio["median"] > 0
+        assert row[key]["level_ms"] > 0 and row[key]["off_ms"] > 0
+    assert row["total"]["off_ms"] < row["wall"]["off_ms"]  # the server's own time is within the client's
+    table = module.paired_markdown({"paired": {"levels": rows}})
+    assert table.splitlines()[2].startswith(f"| high | {row['wall']['level_ms']:.2f} / {row['wall']['off_ms']:.2f} |")
