@@ -50,15 +50,15 @@ CLASSIFY_EXAMPLE = {
     "level": "high",
     "plan": "high@1",
     "predictions": [
-        {"index": 9, "label": "Ankle boot", "score": 0.97947},
-        {"index": 7, "label": "Sneaker", "score": 0.01258},
-        {"index": 5, "label": "Sandal", "score": 0.00337},
+        {"index": 9, "label": "Ankle boot", "score": 0.96327},
+        {"index": 7, "label": "Sneaker", "score": 0.02141},
+        {"index": 5, "label": "Sandal", "score": 0.00659},
     ],
     "compute": {
         "flops_dense": 289704448.0,
-        "flops_executed": 246477205.0,
-        "flops_saved": 43227243.0,
-        "saved_ratio": 0.14921152677642008,
+        "flops_executed": 243255443.0,
+        "flops_saved": 46449005.0,
+        "saved_ratio": 0.16033238467916103,
     },
     "timing_ms": {"queue": 0.183, "decode": 1.409, "inference": 13.844, "total": 17.997},
 }
