@@ -140,10 +140,13 @@ def bench_model(
         x, source = _real_images(card, batch)
         x = x.to(device)
         inputs[batch] = (x, source)
+        if graph_mode:
+            timed_variants[batch] = _traced_variants(dense, model, x, levels)
+            continue
         variants = {"dense": lambda x=x: dense(x)}
         for level in levels:
             variants[level] = lambda run=served_level(model, x, level), x=x: forward_at(model, x, run)
-        timed_variants[batch] = _traced_variants(dense, model, x, levels) if graph_mode else variants
+        timed_variants[batch] = variants
     for repeat in range(repeats):
         for batch in batches:
             with torch.inference_mode():

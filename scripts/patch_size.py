@@ -47,11 +47,11 @@ def candidate_argument(text: str) -> str:
     return text
 
 
-def converted(prepared: torch.nn.Module, candidate: str) -> torch.nn.Module:
-    """A converted copy of ``prepared`` whose three levels all run the candidate's table at its patch size."""
+def converted(prepared: torch.nn.Module, candidate: str, names: list[str]) -> torch.nn.Module:
+    """A converted copy of ``prepared`` whose three levels all run the candidate's table at its patch size; ``names``:
+    the HASTE layers of ``prepared`` converted (the patch size does not change which)."""
     patch, _, text = candidate.partition("@")
     model = copy.deepcopy(prepared)
-    names = [n for n, _ in haste.convert(copy.deepcopy(prepared)).named_modules() if isinstance(_, haste.HasteConv2d)]
     table = {"default": 0, **extra_table(names, text)}
     haste.convert(model, levels=dict.fromkeys(("low", "medium", "high"), table), plans={}, patch_size=int(patch))
     return model
@@ -61,7 +61,8 @@ def run(args) -> dict:
     trained, card, weights = load_model(args.model)
     prepared = layout.in_layout(baseline.prepared(trained.eval(), args.fuse_batchnorm), args.layout)
     dense = haste.convert(copy.deepcopy(prepared), plans={})
-    models = {c: converted(prepared, c) for c in args.candidate}
+    names = [m.name for m in dense.modules() if isinstance(m, haste.HasteConv2d)]
+    models = {c: converted(prepared, c, names) for c in args.candidate}
     data = load_data(card, split="calibration", limit=args.limit)
     preds, labels, _ = predict(dense, data, level="off")
     dense_accuracy = (preds == labels).float().mean().item()

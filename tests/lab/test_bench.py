@@ -1,5 +1,6 @@
 """haste bench: the report's structure and consistency (never its timings)."""
 
+import copy
 import json
 
 import pytest
@@ -303,7 +304,8 @@ def test_patch_size_report(tmp_path):
         pytest.skip(f"CPU kernel: {engine.unavailable}")
     module = _script("patch_size")
     prepared = zoo.load("fmnist-resnet18").eval()
-    model = module.converted(prepared, "8@16:*=0,layer4=9")
+    names = [m.name for m in convert(copy.deepcopy(prepared)).modules() if isinstance(m, HasteConv2d)]
+    model = module.converted(prepared, "8@16:*=0,layer4=9", names)
     layers = {m.name: m for m in model.modules() if isinstance(m, HasteConv2d)}
     assert layers and all(m.patch_size == 8 for m in layers.values())
     assert {n: m.levels["high"] for n, m in layers.items()} == {n: 9 if n.startswith("layer4.") else 0 for n in layers}
