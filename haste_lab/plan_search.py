@@ -23,7 +23,12 @@ within the budget, and among candidates within ``tie`` of it the one saving the 
 beats the baseline (the fastest of level off and the lower levels' plans) by ``min_gain``. It is then timed
 again against the baseline alone, warm, for at least ``confirm_seconds``, and taken only if it is faster with
 95% confidence (the paired ratio's interval below 1); else the next of the tied candidates is tried, then the
-baseline runs: a plan must buy measurable time, and no level is slower than the one below it.
+baseline runs: a plan must buy measurable time, and no level is slower than the one below it. A plan of several
+stages is then pruned (``prune_stages``): each stage is timed against the plan without it, the two alone, and runs
+dense unless the plan with it is faster with 95% confidence and by half of ``min_gain``, so that no stage spends
+accuracy for no measurable time (the tie rule above prefers the most FLOPs saved, and a screen of dozens of
+candidates at a few rounds each ranks a stage that buys nothing fast by chance: fmnist-resnet34's batch-1 `high`
+plan of 8d4dfba ran layers 1-4, which read 0.976 of off where layer4 alone read 0.940 at less than its drop).
 
 Running only some stages of a table merges less, so a candidate's accuracy drop is measured, not assumed: every
 chosen table is evaluated on the calibration split (its drop plus ``margin_z`` standard errors must stay within
@@ -161,6 +166,46 @@ def confirmed(paired: dict, min_gain: float) -> bool:
     return paired["ci95"][1] < 1.0 and paired["median"] <= 1.0 - min_gain / 2
 
 
+def without_stage(key: tuple, stage: str) -> tuple:
+    """The plan ``key`` (sorted (conv, hyperplanes) pairs) with every conv of ``stage`` dense."""
+    return tuple(kv for kv in key if stage_of(kv[0]) != stage)
+
+
+def prune_stages(key: tuple, compare, allowed, *, min_gain: float, order=None, log=print) -> tuple[tuple, list[dict]]:
+    """Run dense, one at a time, the stages of plan ``key`` that buy no measurable time. For each stage and the
+    plan without it (in the order of ``order(smaller)``, ascending: e.g. the smaller plans' screen ratios, so that
+    the likeliest to go are asked first), ``allowed(smaller)`` says whether the smaller plan may be taken at all
+    (within the budget, not a lower level's plan) and ``compare(key, smaller)`` gives the paired ratio of the plan
+    to the smaller one in a run of the two alone (``confirm``); a stage goes unless the plan is ``confirmed``
+    faster by ``min_gain``, as a plan must be against its baseline, and the search starts over on the smaller plan.
+    Returns the plan kept and, per stage run dense, its measurement.
+
+    Without this step, a plan of several stages is taken whole when it beats its baseline: the stages that
+    merge for no time (whose kernels run no faster than the dense convs) spend accuracy for nothing; a stage
+    among several ranks fast or slow by the noise of a screen where dozens of candidates are timed a few rounds each.
+    """
+    pruned: list[dict] = []
+    while True:
+        stages = sorted({stage_of(n) for n, _ in key})
+        if len(stages) < 2:
+            return key, pruned
+        smallers = [(stage, without_stage(key, stage)) for stage in stages]
+        if order is not None:
+            smallers.sort(key=lambda pair: order(pair[1]))
+        for stage, smaller in smallers:
+            if not allowed(smaller):
+                continue
+            paired = compare(key, smaller)
+            log(f"    with {stage} / without: {paired['median']:.3f} [{paired['ci95'][0]:.3f}, "
+                f"{paired['ci95'][1]:.3f}] over {paired['rounds']} rounds")  # fmt: skip
+            if not confirmed(paired, min_gain):
+                pruned.append({"stage": stage, **paired})
+                key = smaller
+                break
+        else:
+            return key, pruned
+
+
 def calibrate_plans(
     model_name: str,
     *,
@@ -177,6 +222,7 @@ def calibrate_plans(
     screen_seconds: float = 60.0,
     confirm_seconds: float = 10.0,
     max_confirms: int = 3,
+    prune: bool = True,
     test_limit: int | None = 2000,
     batch_size: int = 250,
     out: str | Path | None = None,
@@ -310,22 +356,39 @@ def calibrate_plans(
             first = next(k for k in pool if within(k))  # level off, (), always is
             tied = [k for k in pool if rank[k] <= rank[first] * (1 + tie) and k not in below and gains(k) and within(k)]
             tied.sort(key=lambda k: -measured[k]["saving"])
-            key, confirmation = baseline, None
-            for candidate in tied[:max_confirms]:  # the fastest of many noisy medians is biased low: time it again
 
-                def run_two(n, candidate=candidate, baseline=baseline, x=x):
-                    again = time_candidates({0: forward(candidate, x), 1: forward(baseline, x)}, rounds=n, warmup=1)
+            def pair(a, b, x=x, times=times) -> dict:
+                """The paired ratio of plan a to plan b, the two timed alone (``confirm``)."""
+
+                def run_two(count):
+                    again = time_candidates({0: forward(a, x), 1: forward(b, x)}, rounds=count, warmup=1)
                     return again[0], again[1]
 
-                seconds_each = statistics.median(times[candidate]) + statistics.median(times[baseline])
-                paired = confirm(run_two, rounds=2 * rounds, seconds_each=seconds_each, min_seconds=confirm_seconds)
-                stages_of = ",".join(sorted({stage_of(n) for n, _ in candidate}))
-                log(f"  b={batch} {level}: stages {stages_of}: {paired['median']:.3f} "
+                seconds_each = statistics.median(times[a]) + statistics.median(times[b])
+                return confirm(run_two, rounds=2 * rounds, seconds_each=seconds_each, min_seconds=confirm_seconds)
+
+            def allowed(k, below=below, within=within) -> bool:
+                return k not in below and within(k)
+
+            key, confirmation, pruned = baseline, None, []
+            for candidate in tied[:max_confirms]:  # the fastest of many noisy medians is biased low: time it again
+                paired = pair(candidate, baseline)
+                log(f"  b={batch} {level}: stages {_stages(candidate)}: {paired['median']:.3f} "
                     f"[{paired['ci95'][0]:.3f}, {paired['ci95'][1]:.3f}] of the baseline over {paired['rounds']} "
                     "rounds of the two alone")  # fmt: skip
                 if confirmed(paired, min_gain):
                     key, confirmation = candidate, paired
                     break
+            if prune and confirmation is not None:
+                smaller, pruned = prune_stages(key, pair, allowed, min_gain=min_gain, order=rank.get, log=log)
+                if smaller != key:  # the smaller plan must still beat the baseline, else the whole one runs
+                    again = pair(smaller, baseline)
+                    log(f"  b={batch} {level}: stages {_stages(smaller)}: {again['median']:.3f} "
+                        f"[{again['ci95'][0]:.3f}, {again['ci95'][1]:.3f}] of the baseline")  # fmt: skip
+                    if confirmed(again, min_gain):
+                        key, confirmation = smaller, again
+                    else:
+                        pruned = []
             chosen[level][batch] = key
             below.append(key)
             stats = reported(key)
@@ -341,6 +404,7 @@ def calibrate_plans(
                 "latency_ratio": to_dense[key],  # paired, to the model before conversion
                 "full_table_ratio": to_dense[_key(tables[level])],
                 "confirmed": confirmation,  # the plan against the baseline, alone (None: the baseline runs)
+                "pruned": pruned,  # stages run dense for buying no measurable time (prune_stages)
                 **stats,
             }
             rows.append(row)
@@ -366,7 +430,14 @@ def calibrate_plans(
         f"a new plan must be {100 * min_gain:.0f}% faster than the baseline (the fastest of level off and the lower "
         f"levels' plans), then faster with 95% confidence in a run of the two alone (at least {2 * rounds} rounds and "
         f"{confirm_seconds:g} s), else the next of the tied candidates (at most {max_confirms}) is tried; ties within "
-        f"{100 * tie:.0f}% go to the larger FLOPs saving",
+        f"{100 * tie:.0f}% go to the larger FLOPs saving"
+        + (
+            "; then each stage of a plan of several is timed against the plan without it, the two alone, and run "
+            "dense unless the plan with it is faster with 95% confidence and by half the minimum gain (the smaller "
+            "plan must still beat the baseline so, else the whole plan runs)"
+            if prune
+            else ""
+        ),
         "layout": layout,
         "fuse_batchnorm": fuse_batchnorm,
         "graph_mode": graph_mode,
@@ -426,6 +497,10 @@ def _compact(table: dict[str, int], names: list[str]) -> dict[str, int]:
     return out
 
 
+def _stages(key: tuple) -> str:
+    return ",".join(sorted({stage_of(n) for n, _ in key})) or "none"
+
+
 def _images(card: dict, batch: int):
     from .bench import _real_images
 
@@ -474,6 +549,11 @@ def add_command(sub) -> None:
         help="the levels the --table candidates are for (default: every level; each candidate more is one more "
         "chance that a table's calibration drop reads low by luck, so give a level only the tables meant for it)",
     )  # fmt: skip
+    p.add_argument(
+        "--prune", action=argparse.BooleanOptionalAction, default=True,
+        help="run dense each stage of a plan that the plan without it matches in a run of the two (default); "
+        "--no-prune: take the confirmed plan whole",
+    )  # fmt: skip
     p.add_argument("--test-limit", type=positive_int, default=2000, help="test images to report on (default 2000)")
     layout_argument(p)
     baseline.add_argument(p)
@@ -500,6 +580,7 @@ def _run(args) -> int:
         min_gain=args.min_gain,
         screen_seconds=args.screen_seconds,
         confirm_seconds=args.confirm_seconds,
+        prune=args.prune,
         test_limit=args.test_limit,
         out=args.out,
         write_card=args.write_card,

@@ -13,6 +13,12 @@ is a converted copy of the model (BatchNorms fused, channels-last, as the servic
 calibration split (accuracy drop against the dense model, multiply-adds saved with overhead) and timed as a
 ``haste.trace`` against the traced dense model (level off), all interleaved in a new random order each round;
 paired ratios (median over rounds, 95% interval).
+
+At one patch size the same script times stages alone and together, as the plan search's pruning asks
+(results/stages-b1-fmnist-resnet34.json: at batch 1, layer4 alone at several L, and the plans of layers 1-4):
+
+    python scripts/patch_size.py --model fmnist-resnet34 --batch 1 --rounds 301 \
+        --candidate 4@16:layer4=8 4@16:*=0,layer4=8 ... --out results/stages-b1-fmnist-resnet34.json
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ Targets (each a section between ``<!-- NAME:begin ... -->`` and ``<!-- NAME:end 
 - docs/library.md, ``options``: the conversion options (``options_section``), from haste/options.py.
 - docs/engines.md, ``graph-mode``: each level eager and traced (``graph_mode_section``), from
   results/graph-mode-<REFERENCE>.json; ``patch-size``: tables at patch size 4 and 8 (``patch_size_section``), from
-  results/patch-size-<REFERENCE>.json.
+  results/patch-size-<REFERENCE>.json; ``stages-b1``: the same for stages alone and together at batch 1, from
+  results/stages-b1-<REFERENCE>.json.
 """
 
 from __future__ import annotations
@@ -669,12 +670,13 @@ def graph_mode_section(model: str = REFERENCE) -> str:
     ])  # fmt: skip
 
 
-def patch_size_section(model: str = REFERENCE) -> str:
-    """The same tables at patch size 4 and 8: calibration drop, saving, traced latency against off
-    (results/patch-size-MODEL.json, written by scripts/patch_size.py)."""
+def patch_size_section(model: str = REFERENCE, name: str = "patch-size") -> str:
+    """Candidate tables at a patch size each: calibration drop, saving, traced latency against off
+    (results/NAME-MODEL.json, written by scripts/patch_size.py: ``patch-size``, the same tables at patch size 4 and
+    8; ``stages-b1``, stages alone and together at batch 1)."""
     from patch_size import markdown  # scripts/patch_size.py, beside this script
 
-    report = json.loads((RESULTS / f"patch-size-{model}.json").read_text())
+    report = json.loads((RESULTS / f"{name}-{model}.json").read_text())
     calibration = report["calibration"]
     return "\n".join([
         f"`{model}` ({report['weights']}, BatchNorms {'fused' if report['fuse_batchnorm'] else 'kept'}, "
@@ -757,6 +759,7 @@ def targets() -> list[tuple[Path, str, typing.Callable[[], str]]]:
         (DOCS / "results.md", "results", section),
         (DOCS / "engines.md", "graph-mode", graph_mode_section),
         (DOCS / "engines.md", "patch-size", patch_size_section),
+        (DOCS / "engines.md", "stages-b1", lambda: patch_size_section(name="stages-b1")),
         (DOCS / "settings.md", "settings", settings_section),
         (DOCS / "library.md", "options", options_section),
     ]
