@@ -368,7 +368,10 @@ def calibrate_plans(
                 return confirm(run_two, rounds=2 * rounds, seconds_each=seconds_each, min_seconds=confirm_seconds)
 
             def allowed(k, below=below, within=within) -> bool:
-                return k not in below and within(k)
+                return k in models and k not in below and within(k)  # a smaller plan of a candidate is one
+
+            def screened(k, rank=rank) -> float:
+                return rank.get(k, math.inf)  # the screen's ratio to off (a plan never screened: last)
 
             key, confirmation, pruned = baseline, None, []
             for candidate in tied[:max_confirms]:  # the fastest of many noisy medians is biased low: time it again
@@ -380,7 +383,7 @@ def calibrate_plans(
                     key, confirmation = candidate, paired
                     break
             if prune and confirmation is not None:
-                smaller, pruned = prune_stages(key, pair, allowed, min_gain=min_gain, order=rank.get, log=log)
+                smaller, pruned = prune_stages(key, pair, allowed, min_gain=min_gain, order=screened, log=log)
                 if smaller != key:  # the smaller plan must still beat the baseline, else the whole one runs
                     again = pair(smaller, baseline)
                     log(f"  b={batch} {level}: stages {_stages(smaller)}: {again['median']:.3f} "
