@@ -33,7 +33,7 @@ from haste.plans import runs_dense
 from haste.profile import profile
 
 from . import baseline, layout
-from .interleaved import interleaved_times, paired_ratio, seconds
+from .interleaved import interleaved_times, paired_ratio, ratio_text, seconds
 from .layer_times import forward_at, layer_inputs, layer_times
 from .layout import in_layout
 
@@ -196,8 +196,8 @@ def bench_model(
         for row in rows:
             log(f"{name} b={batch} {row['variant']:>6}: {row['median_ms']:8.2f} ms (min {row['min_ms']:.2f}, max "
                 f"{row['max_ms']:.2f})  {row['images_per_s']:8.1f} img/s  saving {row['flops_saving']:.3f}  "
-                f"ratio {row['latency_ratio']:.3f} (bar {row['bar']:.3f})  paired {_describe(row['paired_ratio'])}"
-                + (f", vs off {_describe(row['paired_vs_off'])}" if row["paired_vs_off"] else "")
+                f"ratio {row['latency_ratio']:.3f} (bar {row['bar']:.3f})  paired {ratio_text(row['paired_ratio'])}"
+                + (f", vs off {ratio_text(row['paired_vs_off'])}" if row["paired_vs_off"] else "")
                 + (f"; per repeat {', '.join(_repeat(r) for r in row['repeats'])}" if repeats > 1 else ""))  # fmt: skip
     return result
 
@@ -217,10 +217,6 @@ def _traced_variants(dense: torch.nn.Module, model: torch.nn.Module, x: torch.Te
 def _repeat(medians: dict) -> str:
     off = medians["paired_vs_off"]
     return f"{medians['paired_ratio']:.3f}" + (f" / {off:.3f}" if off is not None else "")
-
-
-def _describe(paired: dict) -> str:
-    return f"{paired['median']:.3f} [{paired['ci95'][0]:.3f}, {paired['ci95'][1]:.3f}]"
 
 
 def _cuda_seconds(fn) -> float:

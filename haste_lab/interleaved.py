@@ -44,3 +44,8 @@ def paired_ratio(times: list[float], base: list[float]) -> dict:
     half = 0.98 * n**0.5
     lo, hi = max(int(n / 2 - half), 0), min(int(n / 2 + half + 0.999), n - 1)
     return {"median": statistics.median(ratios), "ci95": [ratios[lo], ratios[hi]]}
+
+
+def ratio_text(paired: dict) -> str:
+    """A paired ratio (``paired_ratio``) as text: 'median [low, high]' (its 95% interval), three decimals."""
+    return f"{paired['median']:.3f} [{paired['ci95'][0]:.3f}, {paired['ci95'][1]:.3f}]"

@@ -67,7 +67,7 @@ from . import baseline
 from .baseline import prepared
 from .calibrate import BUDGETS, MARGIN_Z
 from .evaluate import command_line, dense_copy, load_data, predict
-from .interleaved import interleaved_times, paired_ratio
+from .interleaved import interleaved_times, paired_ratio, ratio_text
 from .layer_times import forward_at
 from .layout import add_argument as layout_argument
 from .layout import in_layout
@@ -166,6 +166,11 @@ def confirmed(paired: dict, min_gain: float) -> bool:
     return paired["ci95"][1] < 1.0 and paired["median"] <= 1.0 - min_gain / 2
 
 
+def plan_stages(key: tuple) -> list[str]:
+    """The stages (``stage_of``) that run HASTE in the plan ``key`` (sorted (conv, hyperplanes) pairs), sorted."""
+    return sorted({stage_of(n) for n, _ in key})
+
+
 def without_stage(key: tuple, stage: str) -> tuple:
     """The plan ``key`` (sorted (conv, hyperplanes) pairs) with every conv of ``stage`` dense."""
     return tuple(kv for kv in key if stage_of(kv[0]) != stage)
@@ -186,7 +191,7 @@ def prune_stages(key: tuple, compare, allowed, *, min_gain: float, order=None, l
     """
     pruned: list[dict] = []
     while True:
-        stages = sorted({stage_of(n) for n, _ in key})
+        stages = plan_stages(key)
         if len(stages) < 2:
             return key, pruned
         smallers = [(stage, without_stage(key, stage)) for stage in stages]
@@ -196,8 +201,7 @@ def prune_stages(key: tuple, compare, allowed, *, min_gain: float, order=None, l
             if not allowed(smaller):
                 continue
             paired = compare(key, smaller)
-            log(f"    with {stage} / without: {paired['median']:.3f} [{paired['ci95'][0]:.3f}, "
-                f"{paired['ci95'][1]:.3f}] over {paired['rounds']} rounds")  # fmt: skip
+            log(f"    with {stage} / without: {ratio_text(paired)} over {paired['rounds']} rounds")
             if not confirmed(paired, min_gain):
                 pruned.append({"stage": stage, **paired})
                 key = smaller
@@ -376,9 +380,8 @@ def calibrate_plans(
             key, confirmation, pruned = baseline, None, []
             for candidate in tied[:max_confirms]:  # the fastest of many noisy medians is biased low: time it again
                 paired = pair(candidate, baseline)
-                log(f"  b={batch} {level}: stages {_stages(candidate)}: {paired['median']:.3f} "
-                    f"[{paired['ci95'][0]:.3f}, {paired['ci95'][1]:.3f}] of the baseline over {paired['rounds']} "
-                    "rounds of the two alone")  # fmt: skip
+                log(f"  b={batch} {level}: stages {_stages(candidate)}: {ratio_text(paired)} of the baseline over "
+                    f"{paired['rounds']} rounds of the two alone")  # fmt: skip
                 if confirmed(paired, min_gain):
                     key, confirmation = candidate, paired
                     break
@@ -386,8 +389,7 @@ def calibrate_plans(
                 smaller, pruned = prune_stages(key, pair, allowed, min_gain=min_gain, order=screened, log=log)
                 if smaller != key:  # the smaller plan must still beat the baseline, else the whole one runs
                     again = pair(smaller, baseline)
-                    log(f"  b={batch} {level}: stages {_stages(smaller)}: {again['median']:.3f} "
-                        f"[{again['ci95'][0]:.3f}, {again['ci95'][1]:.3f}] of the baseline")  # fmt: skip
+                    log(f"  b={batch} {level}: stages {_stages(smaller)}: {ratio_text(again)} of the baseline")
                     if confirmed(again, min_gain):
                         key, confirmation = smaller, again
                     else:
@@ -398,7 +400,7 @@ def calibrate_plans(
             row = {
                 "batch": batch,
                 "level": level,
-                "stages": sorted({stage_of(n) for n, _ in key}),
+                "stages": plan_stages(key),
                 "ms": statistics.median(times[key]) * 1e3,
                 "off_ms": statistics.median(times[()]) * 1e3,
                 "dense_ms": statistics.median(times["dense"]) * 1e3,
@@ -501,7 +503,7 @@ def _compact(table: dict[str, int], names: list[str]) -> dict[str, int]:
 
 
 def _stages(key: tuple) -> str:
-    return ",".join(sorted({stage_of(n) for n, _ in key})) or "none"
+    return ",".join(plan_stages(key)) or "none"
 
 
 def _images(card: dict, batch: int):

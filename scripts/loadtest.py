@@ -38,7 +38,7 @@ import httpx
 from loadgen import spawn  # scripts/ is the script's own directory: on sys.path
 from prometheus_client.parser import text_string_to_metric_families
 
-from haste_lab.interleaved import paired_ratio
+from haste_lab.interleaved import paired_ratio, ratio_text
 
 LEVELS = ("off", "low", "medium", "high")
 IMAGE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "fmnist-0000-ankle-boot.png"
@@ -123,7 +123,7 @@ def paired(url: str, levels: list[str], pairs: int, model: str, seed: int = 0) -
                             "vs_off": paired_ratio(mine, off)}  # fmt: skip
             out.append(row)
             wall = row["wall"]["vs_off"]
-            print(f"paired c=1 {level:>6}: wall {wall['median']:.3f} [{wall['ci95'][0]:.3f}, {wall['ci95'][1]:.3f}] "
+            print(f"paired c=1 {level:>6}: wall {ratio_text(wall)} "
                   f"of off, inference {row['inference']['vs_off']['median']:.3f}", flush=True)  # fmt: skip
     return out
 
@@ -272,14 +272,9 @@ def paired_markdown(report: dict) -> str:
         "|---|---|---|---|---|",
     ]
 
-    def cell(ratio: dict) -> str:
-        return f"{ratio['median']:.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]"
-
     for r in report["paired"]["levels"]:
-        lines.append(
-            f"| {r['level']} | {r['wall']['level_ms']:.2f} / {r['wall']['off_ms']:.2f} | {cell(r['wall']['vs_off'])} | "
-            f"{cell(r['inference']['vs_off'])} | {cell(r['total']['vs_off'])} |"
-        )
+        ratios = " | ".join(ratio_text(r[key]["vs_off"]) for key in ("wall", "inference", "total"))
+        lines.append(f"| {r['level']} | {r['wall']['level_ms']:.2f} / {r['wall']['off_ms']:.2f} | {ratios} |")
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ paired ratios (median over rounds, 95% interval).
 At one patch size the same script times stages alone and together, as the plan search's pruning asks
 (results/stages-b1-fmnist-resnet34.json: at batch 1, layer4 alone at several L, and the plans of layers 1-4):
 
-    python scripts/patch_size.py --model fmnist-resnet34 --batch 1 --rounds 301 \
+    python scripts/patch_size.py --model fmnist-resnet34 --batch 1 --rounds 301 \\
         --candidate 4@16:layer4=8 4@16:*=0,layer4=8 ... --out results/stages-b1-fmnist-resnet34.json
 """
 
@@ -40,7 +40,7 @@ from haste.cli import non_negative_int, positive_int
 from haste_lab import baseline, layout
 from haste_lab.bench import _real_images, load_model
 from haste_lab.evaluate import load_data, predict
-from haste_lab.interleaved import interleaved_times, paired_ratio
+from haste_lab.interleaved import interleaved_times, paired_ratio, ratio_text
 from haste_lab.plan_search import extra_table, table_argument
 
 
@@ -102,7 +102,7 @@ def run(args) -> dict:
             ratio = paired_ratio(times[c], times["off"])
             rows[c]["batches"][str(batch)] = {"vs_off": ratio, "median_ms": statistics.median(times[c]) * 1e3,
                                               "off_ms": off_ms}  # fmt: skip
-            print(f"b={batch} {c}: {ratio['median']:.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}] of off")
+            print(f"b={batch} {c}: {ratio_text(ratio)} of off")
     return out
 
 
@@ -115,11 +115,7 @@ def markdown(report: dict) -> str:
     ]
     for r in report["candidates"]:
         patch, _, table = r["candidate"].partition("@")
-        cells = [
-            f"{r['batches'][b]['vs_off']['median']:.3f} [{r['batches'][b]['vs_off']['ci95'][0]:.3f}, "
-            f"{r['batches'][b]['vs_off']['ci95'][1]:.3f}]"
-            for b in batches
-        ]
+        cells = [ratio_text(r["batches"][b]["vs_off"]) for b in batches]
         lines.append(
             f"| {patch} | `{table}` | {r['calibration_drop']:.2f} | {100 * r['saving']:.1f}% | {' | '.join(cells)} |"
         )
